@@ -35,6 +35,7 @@ _ALLOWED = {
     ("numpy", "dtype"),
     ("numpy.core.multiarray", "scalar"),
     ("numpy._core.multiarray", "scalar"),
+    ("_codecs", "encode"),  # how Python 3 pickles numpy's raw bytes; it only turns str into bytes
 }
 
 

