@@ -187,10 +187,10 @@ def test_bad_input_fails_fast_and_leaves_lock_and_metrics(tiny_project, tmp_path
 
 def test_sigkill_mid_training_leaves_no_partial_output(tiny_project):
     dest, env = tiny_project
-    set_params(dest / "params.yaml", {"sae": {"warmstart_epochs": 400}})
+    set_params(dest / "params.yaml", {"sae": {"warmstart_epochs": 20000}})
     proc = subprocess.Popen(["dvc", "repro", "-s", "-f", "train_sae"], cwd=dest, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    time.sleep(8)  # DVC start-up, the stage's imports, then ~2,400 training steps: this lands mid-training
+    time.sleep(8)  # DVC start-up, the stage's imports, then ~100,000 training steps: this lands mid-training
     assert proc.poll() is None, proc.stdout.read()
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -209,16 +209,16 @@ def test_exp_run_metrics_diff_and_plots(tiny_project, tmp_path):
     text = json.dumps(show)
     for key in ("baseline_acc", "recon_acc_jumprelu", "delta_acc_jumprelu", "achieved_actives_test"):
         assert key in text
-    diff = run(["dvc", "metrics", "diff", "HEAD", "--json"], dest, env).stdout
-    assert "metrics/summary.json" in diff and "delta_acc_jumprelu" in diff
+    diff = run(["dvc", "metrics", "diff", "HEAD", "--all", "--json"], dest, env).stdout
+    assert "metrics/summary.json" in diff and "delta_acc_jumprelu" in diff and "tau" in diff, diff
     # the sweep's Pareto writer works on what exp show gives
     run(["python", str(ROOT / "bench/pareto.py"), "--out-png", "plots/pareto.png", "--out-csv", "plots/pareto.csv"],
         dest, env)
     out = tmp_path / "plots_html"
     run(["dvc", "plots", "show", "-o", str(out)], dest, env)
     page = (out / "index.html").read_text()
-    for needle in ("sae_train.csv", "calibration.csv", "confusion.csv", "train_curve.csv", "pareto.png",
-                   "feature_", "_grid.png"):
+    for needle in ("SAE training curves", "calibration_csv", "confusion_csv", "train_curve_csv", "pareto.png",
+                   "_grid.png", "_heatmap.png", "_labels.png", "_logits.png"):
         assert needle in page, needle
     run(["dvc", "exp", "apply", "tau005"], dest, env)
     assert json.loads((dest / "metrics/summary.json").read_text())["tau"] == 0.05
