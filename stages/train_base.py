@@ -1,6 +1,5 @@
 """Stage train_base: the 784 -> hidden -> 10 classifier, its model card, metrics and plots."""
 import numpy as np
-import pandas as pd
 import torch
 
 from sae_pipeline import base
@@ -23,8 +22,8 @@ def main(args):
     save_torch(args.model, model.state_dict())
     save_json(args.card, base.model_card(cfg["base"], mean, std))
     save_json(args.metrics, metrics)
-    save_csv(args.curve, pd.DataFrame(history))
-    save_csv(args.confusion, pd.DataFrame(confusion))
+    save_csv(args.curve, history)
+    save_csv(args.confusion, confusion)
     print(f"test_acc={metrics['test_acc']:.4f} val_acc={metrics['val_acc']:.4f}")
 
 

@@ -15,7 +15,7 @@ TINY = {
     "data": {"limit": 2000, "val_size": 500},
     "base": {"epochs": 3, "hidden_dim": 32, "batch_size": 32},
     "sae": {"latents": 64, "target_actives": 8, "warmstart_epochs": 2, "epochs_final": 1, "calib_probes": 2,
-            "calib_epochs": 0.5, "calib_warmstart_epochs": 1, "dead_steps": 50},
+            "calib_epochs": 0.5, "dead_steps": 50},
     "analysis": {"n_features": 5, "top_k": 4, "n_intervention": 32},
 }
 
@@ -62,7 +62,6 @@ def make_project(dest: Path, wheel: Path, overrides: dict | None = None) -> tupl
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env["SAE_PIPELINE_MNIST_WHEEL"] = str(wheel)
-    env["PYTHONPATH"] = str(dest / "src")  # the copy's library, not the editable install's
     run("git init -q && git config user.email t@t && git config user.name t && dvc init -q", dest, env)
     run("git add -A && git commit -qm init", dest, env)
     return dest, env

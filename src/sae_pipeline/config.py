@@ -128,11 +128,11 @@ class SAEConfig(Section):
     latents: int = 512
     target_actives: int = 20  # target L0 on the validation split
     tau: float = 0.1  # STE bandwidth epsilon of the JumpReLU pseudo-derivatives (paper eq. 11-12)
-    lr: float = 2e-3
+    lr: float = 4e-3  # TopK warm start (and topk/relu_l1): at this scale epochs are scarce, so a high lr
     ste_lr: float = 5e-4  # jumprelu: learning rate of the STE phase that follows the warm start
     batch_size: int = 256
-    warmstart_epochs: int = 15  # jumprelu: TopK(k=target) epochs before the STE phase; 0 = from scratch
-    epochs_final: int = 5  # STE epochs (jumprelu) or all epochs (topk, relu_l1 run warmstart+final)
+    warmstart_epochs: int = 10  # jumprelu: TopK(k=target) epochs before the STE phase; 0 = from scratch
+    epochs_final: int = 3  # jumprelu: STE epochs; topk and relu_l1 train warmstart_epochs + epochs_final
     theta_init: float = 0.5  # jumprelu from scratch: initial threshold
     aux_k_coef: float = 1 / 32  # AuxK dead-latent loss weight (Gao et al. 2024, sec. A.2)
     dead_steps: int = 500  # a latent that has not fired for this many steps counts as dead for AuxK
@@ -140,8 +140,7 @@ class SAEConfig(Section):
     lambda_max: float = 10.0
     calib_probes: int = 8  # at most this many short trainings in calibrate_lambda
     calib_epochs: float = 1.0  # length of one probe, in epochs of the training split
-    calib_warmstart_epochs: int = 3  # jumprelu: TopK epochs shared by all probes
-    calib_tolerance: float = 0.1  # stop when the val L0 is within this fraction of the target
+    calib_tolerance: float = 0.05  # stop when the val L0 is within this fraction of the target
 
     def validate(self) -> None:
         self.check("arch", self.arch in ARCHS, "one of " + ", ".join(ARCHS))
@@ -163,7 +162,6 @@ class SAEConfig(Section):
         self.check("lambda_max", self.lambda_max > self.lambda_min, f"> sae.lambda_min ({self.lambda_min})")
         self.check("calib_probes", self.calib_probes > 0, "> 0")
         self.check("calib_epochs", self.calib_epochs > 0, "> 0")
-        self.check("calib_warmstart_epochs", self.calib_warmstart_epochs >= 0, ">= 0")
         self.check("calib_tolerance", 0 < self.calib_tolerance < 1, "between 0 and 1")
 
 

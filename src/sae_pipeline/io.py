@@ -4,6 +4,7 @@ DVC hashes bytes, so the writers also keep artifacts byte-reproducible (see ``sa
 """
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -75,8 +76,13 @@ def save_torch(path: str | Path, obj: Any) -> None:
     write_bytes(path, buf.getvalue())
 
 
-def save_csv(path: str | Path, df) -> None:
-    write_text(path, df.to_csv(index=False, lineterminator="\n"))
+def save_csv(path: str | Path, rows: list[dict], columns: list[str] | None = None) -> None:
+    """Rows of dicts as CSV (the csv module, not pandas: it keeps every stage's start-up short)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns or (list(rows[0]) if rows else []), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
 
 
 def save_figure(path: str | Path, fig, **kwargs) -> None:

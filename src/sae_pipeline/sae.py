@@ -10,27 +10,29 @@ import torch
 from torch import nn
 
 
-def _rect(u: torch.Tensor) -> torch.Tensor:
-    """Rectangle kernel K(u) = 1[-1/2 < u < 1/2] (paper sec. 4, eq. 10)."""
-    return ((u > -0.5) & (u < 0.5)).to(u.dtype)
+def _kernel(pre: torch.Tensor, threshold: torch.Tensor, eps: float) -> torch.Tensor:
+    """Rectangle kernel K((pre - θ)/ε) with K(u) = 1[-1/2 < u < 1/2] (paper sec. 4, eq. 10), as a 0/1 tensor."""
+    return ((pre - threshold).abs_() < eps / 2).to(pre.dtype)
 
 
 class _JumpReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pre, threshold, bandwidth: float):
-        ctx.save_for_backward(pre, threshold)
+        mask = pre > threshold
+        ctx.save_for_backward(pre, threshold, mask)
         ctx.bandwidth = bandwidth
-        return pre * (pre > threshold).to(pre.dtype)
+        return pre * mask
 
     @staticmethod
     def backward(ctx, grad):
-        pre, threshold = ctx.saved_tensors
+        pre, threshold, mask = ctx.saved_tensors
         eps = ctx.bandwidth
-        # d f / d pre = H(pre - theta): the jump itself has no gradient in pre (paper eq. 11, first part).
-        grad_pre = grad * (pre > threshold).to(pre.dtype)
-        # d f / d theta = -(theta/eps) K((pre - theta)/eps): the straight-through pseudo-derivative (paper eq. 11).
-        grad_theta = grad * (-(threshold / eps) * _rect((pre - threshold) / eps))
-        return grad_pre, grad_theta.sum_to_size(threshold.shape), None
+        # d f / d pre = H(pre - θ): the jump itself has no gradient in pre (paper eq. 11, first part).
+        grad_pre = grad * mask
+        # d f / d θ = -(θ/ε) K((pre - θ)/ε): the straight-through pseudo-derivative (paper eq. 11). θ is constant
+        # over the batch, so the factor comes out of the batch sum.
+        grad_theta = (grad * _kernel(pre, threshold, eps)).sum_to_size(threshold.shape) * (-threshold / eps)
+        return grad_pre, grad_theta, None
 
 
 class _Step(torch.autograd.Function):
@@ -44,10 +46,10 @@ class _Step(torch.autograd.Function):
     def backward(ctx, grad):
         pre, threshold = ctx.saved_tensors
         eps = ctx.bandwidth
-        # d H / d pre = 0 and d H / d theta = -(1/eps) K((pre - theta)/eps) (paper eq. 12): the L0 penalty reaches
-        # theta only, so sparsity is bought by raising thresholds, never by shrinking pre-activations.
-        grad_theta = grad * (-(1.0 / eps) * _rect((pre - threshold) / eps))
-        return torch.zeros_like(pre), grad_theta.sum_to_size(threshold.shape), None
+        # d H / d pre = 0 and d H / d θ = -(1/ε) K((pre - θ)/ε) (paper eq. 12): the L0 penalty reaches θ only,
+        # so sparsity is bought by raising thresholds, never by shrinking pre-activations.
+        grad_theta = (grad * _kernel(pre, threshold, eps)).sum_to_size(threshold.shape) * (-1.0 / eps)
+        return None, grad_theta, None
 
 
 def jumprelu(pre: torch.Tensor, threshold: torch.Tensor, bandwidth: float) -> torch.Tensor:
@@ -96,7 +98,7 @@ class SAE(nn.Module):
         return self.W_enc.shape[1]
 
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, d_in) -> (B, d_sae)
-        return x @ self.W_enc + self.b_enc
+        return torch.addmm(self.b_enc, x, self.W_enc)
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         if self.activation == "jumprelu":
@@ -109,7 +111,7 @@ class SAE(nn.Module):
         return self.activate(self.pre_acts(x))
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:  # (B, d_sae) -> (B, d_in)
-        return f @ self.W_dec + self.b_dec
+        return torch.addmm(self.b_dec, f, self.W_dec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
