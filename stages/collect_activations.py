@@ -13,7 +13,8 @@ def main(args):
     setup_torch("cpu")  # one pass of inference; the CPU is faster than a device round trip at this size
     card = load_json(args.card)
     model = base.load_model(torch.load(args.model, weights_only=True), card)
-    out = activations.collect(model, card, dict(np.load(args.data)), cfg["activations"].normalize_z)
+    act_cfg = cfg["activations"]
+    out = activations.collect(model, card, dict(np.load(args.data)), act_cfg.normalize_z, act_cfg.std_floor)
     save_npz(args.out, **out)
     print({k: v.shape for k, v in out.items()})
 

@@ -8,17 +8,17 @@ import torch
 
 from .base import MLP, preprocess
 
-STD_FLOOR = 0.1
-
 
 @torch.no_grad()
-def collect(model: MLP, card: dict, data: dict[str, np.ndarray], normalize_z: bool) -> dict[str, np.ndarray]:
+def collect(model: MLP, card: dict, data: dict[str, np.ndarray], normalize_z: bool,
+            std_floor: float) -> dict[str, np.ndarray]:
     """h_{train,val,test} as float32 plus the affine map the SAE uses: ``z = (h - shift) / scale``.
 
     ``shift, scale`` are the per-dimension train mean and std when ``normalize_z`` (post-ReLU activations have a
     large mean, and uncentred inputs give dead latents), else 0 and 1. The std is floored at
-    ``STD_FLOOR`` x its median: a nearly dead ReLU unit (seen: active on 2 of 55,000 training images, std 0.003)
-    would otherwise be blown up to |z| > 200 on test and dominate the SAE's loss and FVU.
+    ``std_floor`` x its median: a nearly dead ReLU unit (seen: active on 2 of 55,000 training images, std 0.003)
+    would otherwise be blown up to |z| > 200 on test and dominate the SAE's loss and FVU. Measured over 3 SAE seeds,
+    a floor of 0.5 (vs 0.1) also lowered the spliced-accuracy loss (0.45 vs 0.54 pp) and the dead latents.
     """
     out = {}
     for split in ("train", "val", "test"):
@@ -28,7 +28,7 @@ def collect(model: MLP, card: dict, data: dict[str, np.ndarray], normalize_z: bo
     mean, std = h.mean(0), h.std(0)
     out["mean"], out["std"] = mean.astype(np.float32), std.astype(np.float32)
     if normalize_z:
-        floor = max(STD_FLOOR * float(np.median(std)), 1e-6)
+        floor = max(std_floor * float(np.median(std)), 1e-6)
         out["shift"], out["scale"] = out["mean"], np.maximum(std, floor).astype(np.float32)
     else:
         out["shift"], out["scale"] = np.zeros_like(out["mean"]), np.ones_like(out["std"])

@@ -116,6 +116,10 @@ class BaseConfig(Section):
 class ActivationsConfig(Section):
     _name = "activations"
     normalize_z: bool = True  # z-standardize each hidden dim with train mean/std before the SAE sees it
+    std_floor: float = 0.5  # with normalize_z: divide by max(std, std_floor x median std), see activations.collect
+
+    def validate(self) -> None:
+        self.check("std_floor", 0 <= self.std_floor <= 1, "between 0 and 1")
 
 
 ARCHS = ("jumprelu", "topk", "relu_l1")

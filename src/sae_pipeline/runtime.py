@@ -20,10 +20,15 @@ def setup_torch(device: str = "auto") -> "torch.device":
     """Deterministic kernels where supported; fixed thread count so CPU reductions repeat bit for bit."""
     import torch
 
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.set_num_threads(int(os.environ.get("SAE_PIPELINE_THREADS", min(2, os.cpu_count() or 1))))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" or not hasattr(torch._C, "_set_deterministic_algorithms"):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        # The same switch without the public wrapper, which also imports torch._inductor's config (1.7 s of every
+        # stage's start-up in torch 2.14) only to set a flag for compiled code, which this project never compiles.
+        torch._C._set_deterministic_algorithms(True, warn_only=True)
+    torch.set_num_threads(int(os.environ.get("SAE_PIPELINE_THREADS", min(2, os.cpu_count() or 1))))
     if device == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError("device must be auto or cpu on a machine without CUDA (got 'cuda')")
