@@ -32,10 +32,12 @@ def _rows(node, out):
                 _rows(v, out)
 
 
-def table(exp_show: list) -> pd.DataFrame:
+def table(exp_show: list, prefix: str = "") -> pd.DataFrame:
     rows = []
     _rows(exp_show, rows)
     df = pd.DataFrame(rows)
+    if prefix and not df.empty:
+        df = df[df["name"].astype(str).str.startswith(prefix)]
     if df.empty:
         raise SystemExit("no experiment with metrics/summary.json in `dvc exp show --json`")
     # workspace, HEAD and an applied experiment can repeat one run: keep one row per (arch, target)
@@ -64,15 +66,15 @@ def main():
     ap.add_argument("--out-png", default="plots/pareto.png")
     ap.add_argument("--out-csv", default="plots/pareto.csv")
     ap.add_argument("--exp-json", help="saved `dvc exp show --json` output; default: run it")
+    ap.add_argument("--prefix", default="sweep-", help="only experiments whose name starts with this")
     args = ap.parse_args()
     if args.exp_json:
         with open(args.exp_json) as f:
             data = json.load(f)
     else:
-        out = subprocess.run(["dvc", "exp", "show", "--json", "--all-commits"], capture_output=True, text=True,
-                             check=True)
+        out = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True, check=True)
         data = json.loads(out.stdout)
-    df = table(data)
+    df = table(data, args.prefix)
     df.to_csv(args.out_csv, index=False, lineterminator="\n")
     plot(df, args.out_png)
     print(df.to_string(index=False))

@@ -17,6 +17,8 @@ def sh(*cmd, check=True):
 
 
 def main(jobs: int = 2):
+    names = [f"sweep-{arch}-{t}" for arch, t in itertools.product(ARCHS, TARGETS)]
+    sh("dvc", "exp", "remove", *names, check=False)  # a rerun on the same commit replaces its own results
     for arch, t in itertools.product(ARCHS, TARGETS):
         sh("dvc", "exp", "run", "--queue", "-n", f"sweep-{arch}-{t}", "-S", f"sae.arch={arch}",
            "-S", f"sae.target_actives={t}")

@@ -187,7 +187,7 @@ def test_bad_input_fails_fast_and_leaves_lock_and_metrics(tiny_project, tmp_path
 
 def test_sigkill_mid_training_leaves_no_partial_output(tiny_project):
     dest, env = tiny_project
-    set_params(dest / "params.yaml", {"sae": {"warmstart_epochs": 20000}})
+    set_params(dest / "params.yaml", {"sae": {"epochs_final": 20000}})
     proc = subprocess.Popen(["dvc", "repro", "-s", "-f", "train_sae"], cwd=dest, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     time.sleep(8)  # DVC start-up, the stage's imports, then ~100,000 training steps: this lands mid-training
@@ -212,8 +212,10 @@ def test_exp_run_metrics_diff_and_plots(tiny_project, tmp_path):
     diff = run(["dvc", "metrics", "diff", "HEAD", "--all", "--json"], dest, env).stdout
     assert "metrics/summary.json" in diff and "delta_acc_jumprelu" in diff and "tau" in diff, diff
     # the sweep's Pareto writer works on what exp show gives
-    run(["python", str(ROOT / "bench/pareto.py"), "--out-png", "plots/pareto.png", "--out-csv", "plots/pareto.csv"],
-        dest, env)
+    run(["python", str(ROOT / "bench/pareto.py"), "--out-png", "plots/pareto.png", "--out-csv", "plots/pareto.csv",
+         "--prefix", "tau005"], dest, env)
+    pareto = (dest / "plots/pareto.csv").read_text().splitlines()
+    assert pareto[0].startswith("name,rev,arch,target_actives,l0_test,delta_acc") and len(pareto) == 2
     out = tmp_path / "plots_html"
     run(["dvc", "plots", "show", "-o", str(out)], dest, env)
     page = (out / "index.html").read_text()
