@@ -8,6 +8,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .config import BaseConfig
+from .optim import Adam, one_cycle_lr
 from .runtime import generator
 
 
@@ -72,9 +73,9 @@ def train(cfg: BaseConfig, x: torch.Tensor, y: torch.Tensor, seed: int, device: 
     stops near 97.4%. Returns the model and a per-step history (loss, accuracy) for the DVC plot."""
     torch.manual_seed(seed)  # nn.Linear init draws from the global generator; seed it explicitly
     model = MLP(cfg.ffn_type, cfg.hidden_dim).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    opt = Adam(model.parameters(), weight_decay=cfg.weight_decay)
     steps_per_epoch = -(-len(x) // cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
+    total = cfg.epochs * steps_per_epoch
     gen, history, step = generator(seed, 1), [], 0
     x, y = x.to(device), y.to(device)
     for epoch in range(cfg.epochs):
@@ -83,12 +84,11 @@ def train(cfg: BaseConfig, x: torch.Tensor, y: torch.Tensor, seed: int, device: 
             idx = perm[i:i + cfg.batch_size]
             logits = model(x[idx])
             loss = F.cross_entropy(logits, y[idx])
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             loss.backward()
-            opt.step()
-            sched.step()
+            opt.step(cfg.lr * one_cycle_lr(step, total))
             step += 1
-            if step % 50 == 0 or step == cfg.epochs * steps_per_epoch:
+            if step % 50 == 0 or step == total:
                 acc = (logits.argmax(-1) == y[idx]).float().mean().item()
                 history.append({"step": step, "epoch": epoch + 1, "loss": round(loss.item(), 6), "acc": round(acc, 6)})
     return model.eval(), history
