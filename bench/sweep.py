@@ -3,6 +3,7 @@
     make sweep            # queues 12 experiments, runs them 2 at a time, writes plots/pareto.{png,csv}
 """
 import itertools
+import os
 import subprocess
 import sys
 import time
@@ -11,9 +12,9 @@ TARGETS = (5, 10, 20, 40)
 ARCHS = ("jumprelu", "topk", "relu_l1")
 
 
-def sh(*cmd, check=True):
+def sh(*cmd, check=True, env=None):
     print("+", " ".join(cmd), flush=True)
-    return subprocess.run(cmd, check=check, capture_output=True, text=True)
+    return subprocess.run(cmd, check=check, capture_output=True, text=True, env=env)
 
 
 def main(jobs: int = 2):
@@ -22,7 +23,10 @@ def main(jobs: int = 2):
     for arch, t in itertools.product(ARCHS, TARGETS):
         sh("dvc", "exp", "run", "--queue", "-n", f"sweep-{arch}-{t}", "-S", f"sae.arch={arch}",
            "-S", f"sae.target_actives={t}")
-    sh("dvc", "queue", "start", "-j", str(jobs))
+    # one torch thread per worker: two workers with two threads each on two cores thrash (seen: 10x slower)
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    sh("dvc", "queue", "start", "-j", str(jobs),
+       env={**os.environ, "SAE_PIPELINE_THREADS": threads, "OMP_NUM_THREADS": threads})
     t0 = time.time()
     while True:
         status = sh("dvc", "queue", "status").stdout

@@ -89,6 +89,8 @@ def hypothesis(rate: float, mode: int, purity: float, lift: float, top_class: in
         rest = "its causal effect points to the same class" if top_class == mode else \
             f"but its causal effect points to {top_class}, not {mode}"
         return f"{head}; {effect}; {rest} -> possibly a '{mode}'-related feature", "medium"
+    if purity >= 0.5:
+        return f"{head}; {effect}; label and causal effect disagree -> no single-label hypothesis", "low"
     return f"{head}; {effect} -> no single-label hypothesis: it spreads over several labels", "low"
 
 
