@@ -30,10 +30,12 @@ def main(jobs: int = 2):
     t0 = time.time()
     while True:
         status = sh("dvc", "queue", "status").stdout
-        active = [ln for ln in status.splitlines() if " Running " in ln or " Queued " in ln]
-        if not active:
+        queued = [ln for ln in status.splitlines() if " Queued " in ln]
+        # A task killed earlier can stay 'Running' in the status for good (seen with DVC 3.67), so the
+        # workers' own line decides when the queue is drained.
+        if not queued and "Worker status: 0 active" in status:
             break
-        print(f"{time.time() - t0:5.0f}s: {len(active)} queued or running", flush=True)
+        print(f"{time.time() - t0:5.0f}s: {len(queued)} queued", flush=True)
         time.sleep(10)
     print(status)
     failed = [ln for ln in status.splitlines() if " Failed " in ln]

@@ -143,7 +143,7 @@ class SAEConfig(Section):
     lambda_min: float = 1e-4  # log-uniform search bracket for the sparsity penalty
     lambda_max: float = 10.0
     calib_probes: int = 8  # at most this many short trainings in calibrate_lambda
-    calib_epochs: float = 1.0  # length of one probe, in epochs of the training split
+    calib_epochs: float = 1.0  # length of one probe after a warm start (from scratch a probe is a full run)
     calib_tolerance: float = 0.05  # stop when the val L0 is within this fraction of the target
 
     def validate(self) -> None:

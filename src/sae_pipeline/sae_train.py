@@ -154,12 +154,16 @@ def calibrate(cfg: SAEConfig, start: SAE, x_train: torch.Tensor, x_val: torch.Te
         return {"lambda": 0.0, "converged": True, "probes": [],
                 "note": "topk has no sparsity penalty: k = sae.target_actives fixes L0"}
     phase = final_phase(cfg, 0.0)
+    # From a warm start, L0 moves slowly and a short probe shows where λ pushes it. From scratch (relu_l1, or
+    # jumprelu with warmstart_epochs=0) L0 is still falling after one epoch, and a short probe picks a λ that
+    # collapses the full run (seen: λ 9.6, L0 1.6 before tuning, FVU 0.63), so there each probe is a full run.
+    probe_epochs = cfg.calib_epochs if cfg.arch == "jumprelu" and cfg.warmstart_epochs > 0 else phase.epochs
     lo, hi = math.log(cfg.lambda_min), math.log(cfg.lambda_max)
     probes = []
     for i in range(cfg.calib_probes):
         lam = math.exp((lo + hi) / 2)
         sae = copy.deepcopy(start)
-        probe = Phase(phase.activation, cfg.calib_epochs, lam, f"probe{i + 1}", phase.lr)
+        probe = Phase(phase.activation, probe_epochs, lam, f"probe{i + 1}", phase.lr)
         run_phase(sae, x_train, probe, cfg, generator(seed, 5), desc=f"λ probe {i + 1}")
         ev = evaluate_split(sae.eval(), x_val)
         probes.append({"probe": i + 1, "lambda": lam, "l0": round(ev["l0"], 4), "fvu": round(ev["fvu"], 5)})
