@@ -6,6 +6,7 @@ import subprocess
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -54,7 +55,10 @@ def plot(df: pd.DataFrame, path: str) -> None:
                 title="Spliced accuracy loss vs sparsity")
     axes[1].set(xlabel="L0 (test)", ylabel="FVU (lower is better)", xscale="log", yscale="log",
                 title="Reconstruction vs sparsity")
+    ticks = sorted(df["target_actives"].unique())
     for ax in axes:
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -67,12 +71,14 @@ def main():
     ap.add_argument("--out-csv", default="plots/pareto.csv")
     ap.add_argument("--exp-json", help="saved `dvc exp show --json` output; default: run it")
     ap.add_argument("--prefix", default="sweep-", help="only experiments whose name starts with this")
+    ap.add_argument("--rev", default="HEAD", help="the commit the experiments were based on")
     args = ap.parse_args()
     if args.exp_json:
         with open(args.exp_json) as f:
             data = json.load(f)
     else:
-        out = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True, check=True)
+        out = subprocess.run(["dvc", "exp", "show", "--json", "--rev", args.rev], capture_output=True, text=True,
+                             check=True)
         data = json.loads(out.stdout)
     df = table(data, args.prefix)
     df.to_csv(args.out_csv, index=False, lineterminator="\n")
