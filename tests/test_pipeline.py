@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, make_project, run, set_params
+from conftest import ROOT, run, set_params
 from sae_pipeline.export import export_encode, load_export
 
 STAGES = ["prepare_data", "train_base", "collect_activations", "calibrate_lambda", "train_sae", "tune_theta",

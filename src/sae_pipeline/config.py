@@ -6,7 +6,6 @@ fails loudly instead of being ignored.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -59,9 +58,6 @@ class Section:
 
     def validate(self) -> None:
         pass
-
-    def asdict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass

@@ -85,13 +85,6 @@ def save_csv(path: str | Path, rows: list[dict], columns: list[str] | None = Non
     write_text(path, buf.getvalue())
 
 
-def save_figure(path: str | Path, fig, **kwargs) -> None:
-    """Save a matplotlib figure; PNG metadata (software version) is dropped so bytes depend on pixels only."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", metadata={"Software": None}, **kwargs)
-    write_bytes(path, buf.getvalue())
-
-
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a fresh temp folder beside ``path``; on success it replaces ``path`` whole (no stale files)."""

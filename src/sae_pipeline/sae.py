@@ -117,10 +117,8 @@ class SAE(nn.Module):
         return self.decode(self.encode(x))
 
     def l0_indicator(self, pre: torch.Tensor) -> torch.Tensor:
-        """H(pre - theta) with its STE gradient for jumprelu; the active mask otherwise (no gradient)."""
-        if self.activation == "jumprelu":
-            return step(pre, self.threshold, self.bandwidth)
-        return (self.activate(pre.detach()) > 0).to(pre.dtype)
+        """JumpReLU's H(pre - theta), with the STE gradient for theta: the L0 term of the loss."""
+        return step(pre, self.threshold, self.bandwidth)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
