@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 from sae_pipeline.activations import load_acts  # noqa: E402
 from sae_pipeline.config import SAEConfig  # noqa: E402
 from sae_pipeline.runtime import generator, setup_torch  # noqa: E402
-from sae_pipeline.sae_train import Phase, new_sae, run_phase  # noqa: E402
+from sae_pipeline.sae_train import Phase, init_threshold, new_sae, run_phase  # noqa: E402
 
 
 def timed_repro(*args):
@@ -38,32 +39,53 @@ def timed_repro(*args):
     return round(end - t0, 2), stages
 
 
-def throughput(acts_path="data/activations/acts.npz", steps=600):
-    """SAE training GFLOP/s vs torch.matmul at the same shapes, measured in the same process. A step has five
-    (B,d)x(d,m)-sized matmuls, 10·B·d·m FLOPs: encode and decode forward; backward grad W_enc, grad f and
-    grad W_dec (the input needs no gradient). The reference times exactly those five products."""
-    setup_torch("cpu")
-    x = load_acts(np.load(acts_path)).train
-    cfg = SAEConfig()
-    b, d, m = cfg.batch_size, x.shape[1], cfg.latents
-    sae = new_sae(cfg, x, 0)
-    epochs = steps * b / len(x)
-    run_phase(sae, x, Phase("topk", epochs / 6), cfg, generator(0, 9))  # warm-up
-    t0 = time.perf_counter()
-    run_phase(sae, x, Phase("jumprelu", epochs, 0.1), cfg, generator(0, 9))
-    train_s = time.perf_counter() - t0
-    flops = 10 * b * d * m
-    xb, w_enc, w_dec = torch.randn(b, d), torch.randn(d, m), torch.randn(m, d)
+def _matmul_seconds(b, d, m, steps):
+    """The five products of one SAE step, ``steps`` times: encode and decode forward; backward grad W_enc,
+    grad f and grad W_dec (the input needs no gradient). Same shapes and memory layouts as the training step
+    (W_enc column-major; its gradient formed as (g_pre^T x)^T, the faster of the two ways here)."""
+    xb, w_enc, w_dec = torch.randn(b, d), torch.randn(m, d).t(), torch.randn(m, d)
     f, g_out, g_pre = torch.randn(b, m), torch.randn(b, d), torch.randn(b, m)
     for _ in range(20):
         xb @ w_enc
     t0 = time.perf_counter()
     for _ in range(steps):
-        xb @ w_enc, f @ w_dec, xb.T @ g_pre, g_out @ w_dec.T, f.T @ g_out
-    mm_s = time.perf_counter() - t0
-    train_gf, mm_gf = flops * steps / train_s / 1e9, flops * steps / mm_s / 1e9
-    return {"steps": steps, "steps_per_s": round(steps / train_s, 1), "train_gflops": round(train_gf, 2),
-            "matmul_gflops": round(mm_gf, 2), "ratio": round(train_gf / mm_gf, 3)}
+        xb @ w_enc, f @ w_dec, (g_pre.t() @ xb).t(), g_out @ w_dec.t(), f.t() @ g_out
+    return time.perf_counter() - t0
+
+
+def throughput(acts_path="data/activations/acts.npz", steps=1200, rounds=6):
+    """SAE training GFLOP/s vs torch.matmul at the same shapes, in the same process. A step has five
+    (B,d)x(d,m)-sized matmuls, 10·B·d·m FLOPs; the reference times exactly those five products. This VM's speed
+    drifts by up to ±20% over seconds (seen), so training and reference alternate in ``rounds`` short blocks and
+    the ratio is the median over blocks. Both phases the pipeline trains are measured: the TopK warm start
+    (whose torch.topk, ~0.55 ms per step at these shapes, is work outside the FLOP count) and the JumpReLU STE
+    phase."""
+    setup_torch("cpu")
+    x = load_acts(np.load(acts_path)).train
+    cfg = SAEConfig()
+    b, d, m = cfg.batch_size, x.shape[1], cfg.latents
+    flops = 10 * b * d * m
+    per_round = steps // rounds
+    sae = new_sae(cfg, x, 0)
+    run_phase(sae, x, Phase("topk", 0.5), cfg, generator(0, 9))  # warm-up, and a realistic θ scale below
+    init_threshold(sae, x[:8192], cfg.target_actives)
+    out = {}
+    for activation in ("jumprelu", "topk"):
+        train_s, mm_s, ratios = 0.0, 0.0, []
+        for r in range(rounds):
+            t0 = time.perf_counter()
+            run_phase(sae, x, Phase(activation, per_round * b / len(x), 0.03, lr=cfg.ste_lr), cfg,
+                      generator(0, 10 + r))
+            t = time.perf_counter() - t0
+            mm = _matmul_seconds(b, d, m, per_round)
+            train_s, mm_s = train_s + t, mm_s + mm
+            ratios.append(mm / t)
+        out[activation] = {"steps": per_round * rounds, "steps_per_s": round(per_round * rounds / train_s, 1),
+                           "train_gflops": round(flops * per_round * rounds / train_s / 1e9, 2),
+                           "matmul_gflops": round(flops * per_round * rounds / mm_s / 1e9, 2),
+                           "ratio": round(statistics.median(ratios), 3),
+                           "ratio_per_round": [round(v, 3) for v in ratios]}
+    return {**out["jumprelu"], "topk_warmstart": out["topk"]}
 
 
 def main():
@@ -80,7 +102,8 @@ def main():
     targets = {"cold_repro_s": 45, "noop_repro_s": 3, "tau_experiment_s": 25}
     for k, v in targets.items():
         print(f"{k:20s} {results[k]:8.2f} s   target <= {v}")
-    print(f"{'throughput ratio':20s} {results['throughput']['ratio']:8.3f}     target >= 0.5")
+    print(f"{'throughput ratio':20s} {results['throughput']['ratio']:8.3f}     target >= 0.5 (JumpReLU STE phase)")
+    print(f"{'  topk warm start':20s} {results['throughput']['topk_warmstart']['ratio']:8.3f}")
     print(json.dumps(results, indent=2))
     with open(os.path.join(os.path.dirname(__file__), "results.json"), "w") as fh:
         json.dump(results, fh, indent=2)

@@ -38,3 +38,20 @@ def test_one_cycle_matches_torch_schedule():
         assert abs(opt.param_groups[0]["lr"] - one_cycle_lr(step, 100)) < 1e-9, step
         opt.step()
         sched.step()
+
+
+def test_adam_handles_a_gradient_whose_layout_differs_from_its_parameter():
+    """A column-major parameter (like the SAE's W_enc) with a row-major gradient: the update must land on the
+    right elements (the fused kernel walks flat memory)."""
+    w, x, y = _problem(1)
+    a = w.t().contiguous().t().requires_grad_(True)  # same values, column-major
+    b = w.clone().requires_grad_(True)
+    assert a.stride() != b.stride()
+    ours, ref = Adam([a]), torch.optim.Adam([b], lr=1e-2)
+    for _ in range(5):
+        ((x @ b - y) ** 2).mean().backward()
+        a.grad = b.grad.clone()  # row-major
+        ours.step(1e-2)
+        ref.step()
+        ref.zero_grad()
+    assert torch.allclose(a, b, atol=1e-10)

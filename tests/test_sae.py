@@ -3,7 +3,8 @@ import torch
 
 from sae_pipeline.config import SAEConfig
 from sae_pipeline.sae import SAE, jumprelu, step
-from sae_pipeline.sae_train import init_threshold, starting_point, train, tune_threshold
+from sae_pipeline.sae_train import (autograd_grads, init_threshold, jumprelu_grads, starting_point, train,
+                                    tune_threshold)
 
 
 def _inputs(seed=0, n=64, d=16):
@@ -77,6 +78,28 @@ def test_forward_is_decode_of_encode_and_shapes(activation):
     assert (f >= 0).all()
     if activation == "topk":
         assert ((f > 0).sum(-1) <= 5).all()
+
+
+def test_fused_jumprelu_step_gradients_equal_autograd():
+    """The training step's hand-written chain rule (jumprelu_grads) against autograd through ``jumprelu`` and
+    ``step`` on the same loss, for every parameter, in float64."""
+    g = torch.Generator().manual_seed(4)
+    sae = SAE(16, 48, "jumprelu", bandwidth=0.5, generator=g).double()
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.5, generator=g)
+        sae.threshold.uniform_(0.1, 1.0, generator=g)
+    x = torch.randn(64, 16, generator=g, dtype=torch.float64)
+    lam = 0.3
+    autograd_grads(sae, x, lam, 0.0, torch.zeros(48, dtype=torch.bool))
+    ref = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    for p in sae.parameters():
+        p.grad = None
+    f, x_hat = jumprelu_grads(sae, x, lam)
+    assert torch.equal(x_hat, sae(x).detach()) and torch.equal(f, sae.encode(x).detach())
+    for n, p in sae.named_parameters():
+        assert torch.allclose(p.grad, ref[n], atol=1e-12), n
+        assert p.grad.stride() == p.stride(), n  # the fused Adam kernel needs the parameter's layout
+        assert p.grad.abs().sum() > 0, n  # every parameter, θ included, gets a non-trivial gradient here
 
 
 def _planted(n=6000, d=24, m=32, k=3, seed=0):
