@@ -33,8 +33,10 @@ def spliced(sae, acts, model, z, y):
     h = acts.to_hidden(z)
     f = sae.encode(z)
     z_hat = sae.decode(f)
-    base_acc = M.accuracy(model.fc2(h), y)
-    return {"dacc_pp": round(100 * (base_acc - M.accuracy(model.fc2(acts.to_hidden(z_hat)), y)), 3),
+    base_logits, recon_logits = model.fc2(h), model.fc2(acts.to_hidden(z_hat))
+    base_acc = M.accuracy(base_logits, y)
+    return {"dacc_pp": round(100 * (base_acc - M.accuracy(recon_logits, y)), 3),
+            "flips": int((base_logits.argmax(-1) != recon_logits.argmax(-1)).sum()),
             "fvu": round(M.fvu(z, z_hat), 5), "l0": round(M.l0(f), 3)}
 
 
@@ -73,7 +75,7 @@ def main():
         print(json.dumps(rows[-1]), flush=True)
     mean = lambda split, key: round(statistics.mean(r[split][key] for r in rows), 4)  # noqa: E731
     summary = {"set": args.set, "seeds": args.seeds, "rows": rows,
-               "mean": {s: {k: mean(s, k) for k in ("dacc_pp", "fvu", "l0")} for s in ("val", "test")},
+               "mean": {s: {k: mean(s, k) for k in ("dacc_pp", "flips", "fvu", "l0")} for s in ("val", "test")},
                "mean_dead_frac": round(statistics.mean(r["dead_frac"] for r in rows), 4)}
     print("MEAN", args.set, json.dumps(summary["mean"]), "dead", summary["mean_dead_frac"])
     if args.out:

@@ -47,6 +47,8 @@ def test_repro_outputs_and_clean_status(tiny_project):
                 "target_actives", "achieved_actives_test", "fvu", "explained_variance", "cosine_sim",
                 "acc_recovered", "kl_logits", "dead_frac", "dense_frac", "lambda", "tau", "arch"):
         assert key in s, key
+    # every changed prediction counts in the flip fraction, only the net ones in Δacc
+    assert s["pred_flip_frac"] >= abs(s["delta_acc_jumprelu"]) - 1e-9
     assert abs(s["achieved_actives_val"] - 8) < 0.1  # tune_theta lands the val L0 on the target
     cal = json.loads((dest / "metrics/calibration.json").read_text())
     assert cal["probes"] and all(p["lambda"] > 0 for p in cal["probes"])
