@@ -4,8 +4,9 @@
 
 Runs the same library calls as the stages (starting_point -> calibrate -> train -> tune_threshold) for each seed
 on data/activations/acts.npz and reports val and test Δacc (spliced into the base model), FVU, L0 and dead
-fraction. Δacc differences under ~0.1 pp are within seed noise (10 test images), so recipes are compared on means
-over seeds, and chosen on **val**, not test.
+fraction, plus two less noisy measures of the splice: the number of changed predictions (flips) and
+KL(base || spliced) of the logits. Δacc differences under ~0.1 pp are within seed noise (10 test images), so
+recipes are compared on means over seeds, and chosen on **val**, not test.
 """
 import argparse
 import json
@@ -37,6 +38,7 @@ def spliced(sae, acts, model, z, y):
     base_acc = M.accuracy(base_logits, y)
     return {"dacc_pp": round(100 * (base_acc - M.accuracy(recon_logits, y)), 3),
             "flips": int((base_logits.argmax(-1) != recon_logits.argmax(-1)).sum()),
+            "kl": round(M.kl_logits(base_logits, recon_logits), 5),
             "fvu": round(M.fvu(z, z_hat), 5), "l0": round(M.l0(f), 3)}
 
 
@@ -75,7 +77,7 @@ def main():
         print(json.dumps(rows[-1]), flush=True)
     mean = lambda split, key: round(statistics.mean(r[split][key] for r in rows), 4)  # noqa: E731
     summary = {"set": args.set, "seeds": args.seeds, "rows": rows,
-               "mean": {s: {k: mean(s, k) for k in ("dacc_pp", "flips", "fvu", "l0")} for s in ("val", "test")},
+               "mean": {s: {k: mean(s, k) for k in ("dacc_pp", "flips", "kl", "fvu", "l0")} for s in ("val", "test")},
                "mean_dead_frac": round(statistics.mean(r["dead_frac"] for r in rows), 4)}
     print("MEAN", args.set, json.dumps(summary["mean"]), "dead", summary["mean_dead_frac"])
     if args.out:
