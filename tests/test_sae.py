@@ -66,6 +66,10 @@ def test_threshold_broadcasts_over_batch_and_is_theta_not_log_theta():
     theta = torch.tensor([1.0, 1.0])
     assert torch.equal(jumprelu(pre, theta, 0.1), torch.tensor([[0.0, 1.5], [2.0, 0.0]]))
     assert torch.equal(step(pre, theta, 0.1), torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
+    # H is strict (pre = θ gives 0), and both outputs are float 0/1 tensors of the input's dtype
+    at = torch.tensor([[1.0, 0.999999]], dtype=torch.float64)
+    assert torch.equal(step(at, torch.tensor([1.0, 0.999999], dtype=torch.float64), 0.1),
+                       torch.zeros(1, 2, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("activation", ["jumprelu", "topk", "relu"])
