@@ -1,26 +1,27 @@
-"""Stage calibrate_lambda: build the SAE's starting point, then search the sparsity penalty λ for the target L0.
+"""Stage calibrate_lambda: search the sparsity penalty λ for the target L0.
 
-The probes start from the very point the final training starts from (the TopK warm start for jumprelu), so
-the λ they find is the one that holds the target L0 in train_sae.
+The probes start from warm_start's starting point, the very point the final training starts from, so the λ they
+find is the one that holds the target L0 in train_sae.
 """
 import numpy as np
+import torch
 
 from sae_pipeline.activations import load_acts
 from sae_pipeline.config import load_all, read_params
-from sae_pipeline.io import save_csv, save_json, save_torch
+from sae_pipeline.io import save_csv, save_json
 from sae_pipeline.runtime import run_stage, setup_torch
-from sae_pipeline.sae_train import calibrate, starting_point
+from sae_pipeline.sae import load_sae
+from sae_pipeline.sae_train import calibrate
 
 
 def main(args):
     cfg = load_all(read_params(args.params))
     device = setup_torch(cfg["run"].device)
     acts = load_acts(np.load(args.acts)).to(device)
-    sae_cfg, seed = cfg["sae"], cfg["run"].seed
-    start = starting_point(sae_cfg, acts.train, seed)
+    start = load_sae(torch.load(args.start, weights_only=True)).to(device)
+    sae_cfg = cfg["sae"]
     result = {"arch": sae_cfg.arch, "target_actives": sae_cfg.target_actives,
-              **calibrate(sae_cfg, start, acts.train, acts.val, seed)}
-    save_torch(args.start, {"config": start.config(), "state_dict": {k: v.cpu() for k, v in start.state_dict().items()}})
+              **calibrate(sae_cfg, start, acts.train, acts.val, cfg["run"].seed)}
     save_json(args.metrics, result)
     save_csv(args.plot, result["probes"], ["probe", "lambda", "l0", "fvu"])
     print(f"lambda={result['lambda']:.4g} converged={result['converged']} probes={len(result['probes'])}")

@@ -17,8 +17,8 @@ import yaml
 from conftest import ROOT, run, set_params
 from sae_pipeline.export import export_encode, load_export
 
-STAGES = ["prepare_data", "train_base", "collect_activations", "calibrate_lambda", "train_sae", "tune_theta",
-          "analyze"]
+STAGES = ["prepare_data", "train_base", "collect_activations", "warm_start", "calibrate_lambda", "train_sae",
+          "tune_theta", "analyze"]
 
 
 def restore(dest, env):
@@ -142,7 +142,7 @@ def test_code_change_in_one_stage_reruns_only_it(tiny_project):
     with open(dest / "src/sae_pipeline/sae_train.py", "a") as f:
         f.write("\n# library change\n")
     # sae_train's outputs are byte-identical, so DVC stops at tune_theta: analyze's deps did not change
-    assert reran(run(["dvc", "repro"], dest, env)) == ["calibrate_lambda", "train_sae", "tune_theta"]
+    assert reran(run(["dvc", "repro"], dest, env)) == ["warm_start", "calibrate_lambda", "train_sae", "tune_theta"]
     restore(dest, env)
 
 

@@ -29,7 +29,8 @@ class Phase:
 
 def new_sae(cfg: SAEConfig, x: torch.Tensor, seed: int) -> SAE:
     activation = {"jumprelu": "jumprelu", "topk": "topk", "relu_l1": "relu"}[cfg.arch]
-    return SAE(x.shape[1], cfg.latents, activation, k=cfg.target_actives, bandwidth=cfg.tau,
+    # the bandwidth (sae.tau) is set by the STE phase itself (run_phase), so a starting point does not depend on it
+    return SAE(x.shape[1], cfg.latents, activation, k=cfg.target_actives,
                theta_init=cfg.theta_init, generator=generator(seed, 2)).to(x.device)
 
 
@@ -68,6 +69,8 @@ def run_phase(sae: SAE, x: torch.Tensor, phase: Phase, cfg: SAEConfig, gen: torc
               history: list[dict] | None = None, desc: str = "") -> None:
     """One optimisation phase: Adam, cosine schedule, unit-norm decoder rows, θ kept positive."""
     sae.activation = phase.activation
+    if phase.activation == "jumprelu":
+        sae.bandwidth = cfg.tau  # ε of the STE; only the JumpReLU's backward reads it
     steps = max(1, round(phase.epochs * len(x) / cfg.batch_size))
     opt, lr = Adam(sae.parameters()), phase.lr or cfg.lr
     since_fired = torch.zeros(sae.d_sae, dtype=torch.long, device=x.device)
@@ -155,7 +158,7 @@ def evaluate_split(sae: SAE, x: torch.Tensor) -> dict:
 
 
 def starting_point(cfg: SAEConfig, x: torch.Tensor, seed: int) -> SAE:
-    """Where the final training starts; calibrate_lambda builds it and its λ probes start from it.
+    """Where the final training starts (the warm_start stage); calibrate_lambda's λ probes start from it too.
 
     jumprelu: ``sae.warmstart_epochs`` of TopK(k=target) training, then one global θ at the target L0 (a warm
     start, measured against ``sae.warmstart_epochs=0``, i.e. from scratch, in the README). topk and relu_l1: the
