@@ -131,7 +131,7 @@ class SAEConfig(Section):
     lr: float = 4e-3  # TopK warm start (and topk/relu_l1): at this scale epochs are scarce, so a high lr
     ste_lr: float = 5e-4  # jumprelu: learning rate of the STE phase that follows the warm start
     batch_size: int = 256
-    warmstart_epochs: int = 10  # jumprelu: TopK(k=target) epochs before the STE phase; 0 = from scratch
+    warmstart_epochs: int = 15  # jumprelu: TopK(k=target) epochs before the STE phase; 0 = from scratch
     epochs_final: int = 3  # jumprelu: STE epochs; topk and relu_l1 train warmstart_epochs + epochs_final
     theta_init: float = 0.5  # jumprelu from scratch: initial threshold
     aux_k_coef: float = 1 / 32  # AuxK dead-latent loss weight (Gao et al. 2024, sec. A.2)
