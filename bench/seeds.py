@@ -38,6 +38,9 @@ def spliced(sae, acts, model, z, y):
     base_acc = M.accuracy(base_logits, y)
     return {"dacc_pp": round(100 * (base_acc - M.accuracy(recon_logits, y)), 3),
             "flips": int((base_logits.argmax(-1) != recon_logits.argmax(-1)).sum()),
+            # Δacc = breaks - fixes: right -> wrong, and base errors the splice happens to fix
+            "breaks": int(((base_logits.argmax(-1) == y) & (recon_logits.argmax(-1) != y)).sum()),
+            "fixes": int(((base_logits.argmax(-1) != y) & (recon_logits.argmax(-1) == y)).sum()),
             "kl": round(M.kl_logits(base_logits, recon_logits), 5),
             "fvu": round(M.fvu(z, z_hat), 5), "l0": round(M.l0(f), 3)}
 
@@ -77,7 +80,7 @@ def main():
         print(json.dumps(rows[-1]), flush=True)
     mean = lambda split, key: round(statistics.mean(r[split][key] for r in rows), 4)  # noqa: E731
     summary = {"set": args.set, "seeds": args.seeds, "rows": rows,
-               "mean": {s: {k: mean(s, k) for k in ("dacc_pp", "flips", "kl", "fvu", "l0")} for s in ("val", "test")},
+               "mean": {s: {k: mean(s, k) for k in ("dacc_pp", "flips", "breaks", "fixes", "kl", "fvu", "l0")} for s in ("val", "test")},
                "mean_dead_frac": round(statistics.mean(r["dead_frac"] for r in rows), 4)}
     print("MEAN", args.set, json.dumps(summary["mean"]), "dead", summary["mean_dead_frac"])
     if args.out:
