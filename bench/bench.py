@@ -94,7 +94,8 @@ def main():
     results["cold_repro_s"], results["cold_stage_s"] = timed_repro("repro", "-f")
     results["noop_repro_s"], _ = timed_repro("repro")
     results["tau_experiment_s"], results["tau_experiment_stage_s"] = timed_repro("exp", "run", "-S", "sae.tau=0.05")
-    subprocess.run("git checkout -q -- params.yaml dvc.lock metrics plots && dvc checkout -f -q", shell=True,
+    subprocess.run("git checkout -q -- params.yaml dvc.lock metrics plots && git clean -fdq plots metrics && "
+                   "dvc checkout -f -q", shell=True,
                    check=True)
     results["throughput"] = throughput()
     results["sae_stages_s"] = round(sum(results["cold_stage_s"].get(s, 0) for s in
