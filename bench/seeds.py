@@ -21,28 +21,20 @@ import yaml
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 from sae_pipeline import base  # noqa: E402
-from sae_pipeline import metrics as M  # noqa: E402
 from sae_pipeline.activations import load_acts  # noqa: E402
 from sae_pipeline.config import SAEConfig, load_section, read_params  # noqa: E402
+from sae_pipeline.evaluate import firing_rate, splice  # noqa: E402
 from sae_pipeline.io import load_json  # noqa: E402
 from sae_pipeline.runtime import setup_torch  # noqa: E402
 from sae_pipeline.sae_train import calibrate, starting_point, train, tune_threshold  # noqa: E402
 
 
-@torch.no_grad()
 def spliced(sae, acts, model, z, y):
-    h = acts.to_hidden(z)
-    f = sae.encode(z)
-    z_hat = sae.decode(f)
-    base_logits, recon_logits = model.fc2(h), model.fc2(acts.to_hidden(z_hat))
-    base_acc = M.accuracy(base_logits, y)
-    return {"dacc_pp": round(100 * (base_acc - M.accuracy(recon_logits, y)), 3),
-            "flips": int((base_logits.argmax(-1) != recon_logits.argmax(-1)).sum()),
-            # Δacc = breaks - fixes: right -> wrong, and base errors the splice happens to fix
-            "breaks": int(((base_logits.argmax(-1) == y) & (recon_logits.argmax(-1) != y)).sum()),
-            "fixes": int(((base_logits.argmax(-1) != y) & (recon_logits.argmax(-1) == y)).sum()),
-            "kl": round(M.kl_logits(base_logits, recon_logits), 5),
-            "fvu": round(M.fvu(z, z_hat), 5), "l0": round(M.l0(f), 3)}
+    """evaluate.splice on one split, as the rows of this report (Δacc in pp; flips = changed predictions)."""
+    m = splice(sae, acts, model, z, y)
+    return {"dacc_pp": round(100 * (m["base_acc"] - m["recon_acc"]), 3), "flips": round(m["flip_frac"] * len(y)),
+            "breaks": m["breaks"], "fixes": m["fixes"], "kl": round(m["kl"], 5), "fvu": round(m["fvu"], 5),
+            "l0": round(m["l0"], 3)}
 
 
 def run(cfg: SAEConfig, seed: int, acts, model, y_val, y_test) -> dict:
@@ -51,11 +43,10 @@ def run(cfg: SAEConfig, seed: int, acts, model, y_val, y_test) -> dict:
     lam = calibrate(cfg, start, acts.train, acts.val, seed)["lambda"]
     sae, _ = train(cfg, start, acts.train, lam, seed)
     tune_threshold(sae, acts.val, cfg.target_actives)
-    fires = torch.cat([(sae.encode(acts.train[i:i + 8192]) > 0).float().sum(0, keepdim=True)
-                       for i in range(0, len(acts.train), 8192)]).sum(0)
     return {"seed": seed, "lambda": round(lam, 5), "val": spliced(sae, acts, model, acts.val, y_val),
             "test": spliced(sae, acts, model, acts.test, y_test),
-            "dead_frac": round((fires == 0).float().mean().item(), 4), "seconds": round(time.perf_counter() - t0, 1)}
+            "dead_frac": round((firing_rate(sae, acts.train) == 0).float().mean().item(), 4),
+            "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def main():

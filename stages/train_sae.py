@@ -6,7 +6,7 @@ from sae_pipeline.activations import load_acts
 from sae_pipeline.config import load_all, read_params
 from sae_pipeline.io import load_json, save_csv, save_json, save_torch
 from sae_pipeline.runtime import run_stage, setup_torch
-from sae_pipeline.sae import load_sae
+from sae_pipeline.sae import load_sae, sae_state
 from sae_pipeline.sae_train import evaluate_split, train
 
 
@@ -18,7 +18,7 @@ def main(args):
     lam = load_json(args.calibration)["lambda"]
     sae, history = train(cfg["sae"], start, acts.train, lam, cfg["run"].seed)
     val = evaluate_split(sae, acts.val)
-    save_torch(args.sae, {"config": sae.config(), "state_dict": {k: v.cpu() for k, v in sae.state_dict().items()}})
+    save_torch(args.sae, sae_state(sae))
     save_json(args.metrics, {"lambda": lam, "steps": history[-1]["step"] if history else 0,
                              "final_loss": history[-1]["loss"] if history else None,
                              "l0_val": round(val["l0"], 4), "fvu_val": round(val["fvu"], 5)})

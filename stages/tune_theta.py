@@ -9,7 +9,7 @@ from sae_pipeline.evaluate import summary
 from sae_pipeline.export import export
 from sae_pipeline.io import load_json, save_json, save_torch
 from sae_pipeline.runtime import run_stage, setup_torch
-from sae_pipeline.sae import load_sae
+from sae_pipeline.sae import load_sae, sae_state
 from sae_pipeline.sae_train import tune_threshold
 
 
@@ -25,7 +25,7 @@ def main(args):
     lam = load_json(args.calibration)["lambda"]
     result = summary(sae, acts, model, y_test, lam, sae_cfg.tau, sae_cfg.arch, sae_cfg.target_actives,
                      tuning["l0_val_after"])
-    save_torch(args.out, {"config": sae.config(), "state_dict": sae.state_dict()})
+    save_torch(args.out, sae_state(sae))
     export(sae, acts.shift, acts.scale, args.export, result)
     save_json(args.tuning, tuning)
     save_json(args.metrics, result)

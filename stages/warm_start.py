@@ -10,6 +10,7 @@ from sae_pipeline.activations import load_acts
 from sae_pipeline.config import load_all, read_params
 from sae_pipeline.io import save_torch
 from sae_pipeline.runtime import run_stage, setup_torch
+from sae_pipeline.sae import sae_state
 from sae_pipeline.sae_train import evaluate_split, starting_point
 
 
@@ -18,7 +19,7 @@ def main(args):
     device = setup_torch(cfg["run"].device)
     acts = load_acts(np.load(args.acts)).to(device)
     start = starting_point(cfg["sae"], acts.train, cfg["run"].seed)
-    save_torch(args.start, {"config": start.config(), "state_dict": {k: v.cpu() for k, v in start.state_dict().items()}})
+    save_torch(args.start, sae_state(start))
     val = evaluate_split(start.eval(), acts.val)
     print(f"starting point ({start.activation}): val l0={val['l0']:.2f} fvu={val['fvu']:.4f}")
 

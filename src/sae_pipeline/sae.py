@@ -161,8 +161,13 @@ class SAE(nn.Module):
                 "bandwidth": self.bandwidth}
 
 
+def sae_state(sae: SAE) -> dict:
+    """``{"config": ..., "state_dict": ...}`` on the CPU: what the SAE stages save and ``load_sae`` reads."""
+    return {"config": sae.config(), "state_dict": {k: v.cpu() for k, v in sae.state_dict().items()}}
+
+
 def load_sae(state: dict) -> SAE:
-    """Rebuild from ``{"config": ..., "state_dict": ...}`` as written by the train_sae and tune_theta stages."""
+    """Rebuild from ``sae_state``'s dict, as written by the warm_start, train_sae and tune_theta stages."""
     cfg = state["config"]
     sae = SAE(cfg["d_in"], cfg["d_sae"], cfg["activation"], cfg["k"], cfg["bandwidth"])
     sae.load_state_dict(state["state_dict"])
