@@ -15,10 +15,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+from sae_pipeline import base  # noqa: E402
 from sae_pipeline.activations import load_acts  # noqa: E402
 from sae_pipeline.config import SAEConfig  # noqa: E402
 from sae_pipeline.runtime import generator, setup_torch  # noqa: E402
-from sae_pipeline.sae_train import Phase, init_threshold, new_sae, run_phase  # noqa: E402
+from sae_pipeline.io import load_json  # noqa: E402
+from sae_pipeline.sae_train import Phase, Readout, init_threshold, new_sae, run_phase  # noqa: E402
 
 
 def timed_repro(*args):
@@ -53,7 +55,8 @@ def _matmul_seconds(b, d, m, steps):
     return time.perf_counter() - t0
 
 
-def throughput(acts_path="data/activations/acts.npz", steps=1200, rounds=6):
+def throughput(acts_path="data/activations/acts.npz", model_path="data/models/base.pt",
+               card_path="data/models/base.json", steps=1200, rounds=6):
     """SAE training GFLOP/s vs torch.matmul at the same shapes, in the same process. A step has five
     (B,d)x(d,m)-sized matmuls, 10·B·d·m FLOPs; the reference times exactly those five products. This VM's speed
     drifts by up to ±20% over seconds (seen), so training and reference alternate in ``rounds`` short blocks and
@@ -61,7 +64,10 @@ def throughput(acts_path="data/activations/acts.npz", steps=1200, rounds=6):
     (whose torch.topk, ~0.55 ms per step at these shapes, is work outside the FLOP count) and the JumpReLU STE
     phase."""
     setup_torch("cpu")
-    x = load_acts(np.load(acts_path)).train
+    acts = load_acts(np.load(acts_path))
+    x = acts.train
+    model = base.load_model(torch.load(model_path, weights_only=True), load_json(card_path))
+    readout = Readout.from_model(model.fc2, acts.shift, acts.scale)
     cfg = SAEConfig()
     b, d, m = cfg.batch_size, x.shape[1], cfg.latents
     flops = 10 * b * d * m
@@ -74,8 +80,11 @@ def throughput(acts_path="data/activations/acts.npz", steps=1200, rounds=6):
         train_s, mm_s, ratios = 0.0, 0.0, []
         for r in range(rounds):
             t0 = time.perf_counter()
-            run_phase(sae, x, Phase(activation, per_round * b / len(x), 0.03, lr=cfg.ste_lr), cfg,
-                      generator(0, 10 + r))
+            # the STE phase as train_sae runs it, KL fine-tune term included (its 3 small matmuls are
+            # counted as overhead, outside the FLOPs); the warm start has no KL term
+            kl_coef = cfg.kl_coef if activation == "jumprelu" else 0.0
+            run_phase(sae, x, Phase(activation, per_round * b / len(x), 0.03, lr=cfg.ste_lr, kl_coef=kl_coef), cfg,
+                      generator(0, 10 + r), readout=readout)
             t = time.perf_counter() - t0
             mm = _matmul_seconds(b, d, m, per_round)
             train_s, mm_s = train_s + t, mm_s + mm

@@ -26,7 +26,7 @@ from sae_pipeline.config import SAEConfig, load_section, read_params  # noqa: E4
 from sae_pipeline.evaluate import firing_rate, splice  # noqa: E402
 from sae_pipeline.io import load_json  # noqa: E402
 from sae_pipeline.runtime import setup_torch  # noqa: E402
-from sae_pipeline.sae_train import calibrate, starting_point, train, tune_threshold  # noqa: E402
+from sae_pipeline.sae_train import Readout, calibrate, starting_point, train, tune_threshold  # noqa: E402
 
 
 def spliced(sae, acts, model, z, y):
@@ -40,8 +40,9 @@ def spliced(sae, acts, model, z, y):
 def run(cfg: SAEConfig, seed: int, acts, model, y_val, y_test) -> dict:
     t0 = time.perf_counter()
     start = starting_point(cfg, acts.train, seed)
-    lam = calibrate(cfg, start, acts.train, acts.val, seed)["lambda"]
-    sae, _ = train(cfg, start, acts.train, lam, seed)
+    readout = Readout.from_model(model.fc2, acts.shift, acts.scale)
+    lam = calibrate(cfg, start, acts.train, acts.val, seed, readout)["lambda"]
+    sae, _ = train(cfg, start, acts.train, lam, seed, readout)
     tune_threshold(sae, acts.val, cfg.target_actives)
     return {"seed": seed, "lambda": round(lam, 5), "val": spliced(sae, acts, model, acts.val, y_val),
             "test": spliced(sae, acts, model, acts.test, y_test),

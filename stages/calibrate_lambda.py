@@ -6,12 +6,13 @@ find is the one that holds the target L0 in train_sae.
 import numpy as np
 import torch
 
+from sae_pipeline import base
 from sae_pipeline.activations import load_acts
 from sae_pipeline.config import load_all, read_params
-from sae_pipeline.io import save_csv, save_json
+from sae_pipeline.io import load_json, save_csv, save_json
 from sae_pipeline.runtime import run_stage, setup_torch
 from sae_pipeline.sae import load_sae
-from sae_pipeline.sae_train import calibrate
+from sae_pipeline.sae_train import Readout, calibrate
 
 
 def main(args):
@@ -19,13 +20,15 @@ def main(args):
     device = setup_torch(cfg["run"].device)
     acts = load_acts(np.load(args.acts)).to(device)
     start = load_sae(torch.load(args.start, weights_only=True)).to(device)
+    model = base.load_model(torch.load(args.base_model, weights_only=True), load_json(args.base_card))
+    readout = Readout.from_model(model.fc2, acts.shift, acts.scale).to(device)
     sae_cfg = cfg["sae"]
     result = {"arch": sae_cfg.arch, "target_actives": sae_cfg.target_actives,
-              **calibrate(sae_cfg, start, acts.train, acts.val, cfg["run"].seed)}
+              **calibrate(sae_cfg, start, acts.train, acts.val, cfg["run"].seed, readout)}
     save_json(args.metrics, result)
     save_csv(args.plot, result["probes"], ["probe", "lambda", "l0", "fvu"])
     print(f"lambda={result['lambda']:.4g} converged={result['converged']} probes={len(result['probes'])}")
 
 
 if __name__ == "__main__":
-    run_stage(main, "acts", "start", "metrics", "plot")
+    run_stage(main, "acts", "start", "base-model", "base-card", "metrics", "plot")

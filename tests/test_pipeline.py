@@ -119,6 +119,7 @@ def test_two_cold_runs_are_byte_identical(tiny_project):
 
 INVALIDATION = [
     ({"sae": {"tau": 0.05}}, ["calibrate_lambda", "train_sae", "tune_theta", "analyze"]),
+    ({"sae": {"kl_coef": 10.0}}, ["calibrate_lambda", "train_sae", "tune_theta", "analyze"]),
     ({"base": {"hidden_dim": 24}}, STAGES[1:]),
     ({"analysis": {"n_features": 4}}, ["analyze"]),
     ({"data": {"val_size": 400}}, STAGES),

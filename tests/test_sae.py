@@ -3,8 +3,8 @@ import torch
 
 from sae_pipeline.config import SAEConfig
 from sae_pipeline.sae import SAE, jumprelu, step
-from sae_pipeline.sae_train import (autograd_grads, init_threshold, jumprelu_grads, starting_point, train,
-                                    tune_threshold)
+from sae_pipeline.sae_train import (Phase, Readout, autograd_grads, init_threshold, jumprelu_grads, run_phase,
+                                    starting_point, train, tune_threshold)
 
 
 def _inputs(seed=0, n=64, d=16):
@@ -84,9 +84,34 @@ def test_forward_is_decode_of_encode_and_shapes(activation):
         assert ((f > 0).sum(-1) <= 5).all()
 
 
-def test_fused_jumprelu_step_gradients_equal_autograd():
+def _readout(d_in, g, n_classes=5):
+    fc2 = torch.nn.Linear(d_in, n_classes).double()
+    with torch.no_grad():
+        fc2.weight.normal_(0, 1.0, generator=g)
+        fc2.bias.normal_(0, 1.0, generator=g)
+    shift = torch.randn(d_in, generator=g, dtype=torch.float64)
+    scale = torch.rand(d_in, generator=g, dtype=torch.float64) + 0.5
+    return fc2, shift, scale
+
+
+def test_readout_is_fc2_of_unnormalised_input_and_kl_grad_matches_autograd():
+    g = torch.Generator().manual_seed(7)
+    fc2, shift, scale = _readout(16, g)
+    ro = Readout.from_model(fc2, shift, scale)
+    x, x_hat = torch.randn(32, 16, generator=g, dtype=torch.float64), torch.randn(32, 16, generator=g, dtype=torch.float64)
+    assert torch.allclose(ro.logits(x), fc2(x * scale + shift).detach())
+    ref = torch.nn.functional.kl_div(fc2(x_hat * scale + shift).log_softmax(-1), fc2(x * scale + shift).log_softmax(-1),
+                                     log_target=True, reduction="batchmean")
+    assert torch.allclose(ro.kl(x, x_hat), ref.detach()) and ro.kl(x, x).abs() < 1e-12
+    x_hat.requires_grad_(True)
+    (2.5 * ro.kl(x, x_hat)).backward()
+    assert torch.allclose(ro.kl_grad(x, x_hat.detach(), 2.5), x_hat.grad)
+
+
+@pytest.mark.parametrize("kl_coef", [0.0, 3.0])
+def test_fused_jumprelu_step_gradients_equal_autograd(kl_coef):
     """The training step's hand-written chain rule (jumprelu_grads) against autograd through ``jumprelu`` and
-    ``step`` on the same loss, for every parameter, in float64."""
+    ``step`` on the same loss (with and without the KL term), for every parameter, in float64."""
     g = torch.Generator().manual_seed(4)
     sae = SAE(16, 48, "jumprelu", bandwidth=0.5, generator=g).double()
     with torch.no_grad():
@@ -94,11 +119,12 @@ def test_fused_jumprelu_step_gradients_equal_autograd():
         sae.threshold.uniform_(0.1, 1.0, generator=g)
     x = torch.randn(64, 16, generator=g, dtype=torch.float64)
     lam = 0.3
-    autograd_grads(sae, x, lam, 0.0, torch.zeros(48, dtype=torch.bool))
+    kl = (Readout.from_model(*_readout(16, g)), kl_coef) if kl_coef else None
+    autograd_grads(sae, x, lam, 0.0, torch.zeros(48, dtype=torch.bool), kl)
     ref = {n: p.grad.clone() for n, p in sae.named_parameters()}
     for p in sae.parameters():
         p.grad = None
-    f, x_hat = jumprelu_grads(sae, x, lam)
+    f, x_hat = jumprelu_grads(sae, x, lam, kl)
     assert torch.equal(x_hat, sae(x).detach()) and torch.equal(f, sae.encode(x).detach())
     for n, p in sae.named_parameters():
         assert torch.allclose(p.grad, ref[n], atol=1e-12), n
@@ -137,7 +163,7 @@ def test_init_threshold_sets_expected_l0():
 def test_training_recovers_planted_dictionary():
     x, atoms = _planted(n=8000, d=32, m=24)
     cfg = SAEConfig(latents=64, target_actives=3, warmstart_epochs=15, epochs_final=3, batch_size=128, lr=3e-3,
-                    dead_steps=100)
+                    dead_steps=100, kl_coef=0.0)
     sae, hist = train(cfg, starting_point(cfg, x, 0), x, lam=0.05, seed=0)
     tune_threshold(sae, x[:2000], 3.0)
     cos = (atoms @ sae.W_dec.detach().T)  # [m, d_sae], decoder rows are unit norm
@@ -148,9 +174,32 @@ def test_training_recovers_planted_dictionary():
 
 def test_seed_reproduces_bit_for_bit_and_changes_with_seed():
     x, _ = _planted(n=1500)
-    cfg = SAEConfig(latents=32, target_actives=3, warmstart_epochs=1, epochs_final=1, batch_size=128)
+    cfg = SAEConfig(latents=32, target_actives=3, warmstart_epochs=1, epochs_final=1, batch_size=128, kl_coef=0.0)
     a, _ = train(cfg, starting_point(cfg, x, 0), x, 0.05, seed=0)
     b, _ = train(cfg, starting_point(cfg, x, 0), x, 0.05, seed=0)
     c, _ = train(cfg, starting_point(cfg, x, 1), x, 0.05, seed=1)
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
     assert not torch.equal(a.W_dec, c.W_dec)
+
+
+def test_kl_finetune_acts_only_in_its_window_and_lowers_the_spliced_kl():
+    """A TopK phase of 4 epochs with the KL term in its last 2 (as final_phase sets for topk): before the window
+    the logged loss is the plain MSE, inside it MSE + coef·KL; and the spliced KL ends lower than without it."""
+    x, _ = _planted(n=3000)
+    g = torch.Generator().manual_seed(3)
+    fc2, shift, scale = _readout(24, g)
+    ro = Readout.from_model(fc2.float(), shift.float(), scale.float())
+    cfg = SAEConfig(latents=64, target_actives=3, batch_size=100, aux_k_coef=0.0)
+    kls = {}
+    for coef in (0.0, 5.0):
+        sae, hist = SAE(24, 64, "topk", k=3, generator=torch.Generator().manual_seed(1)), []
+        run_phase(sae, x, Phase("topk", 4, kl_coef=coef, kl_epochs=2), cfg, torch.Generator().manual_seed(2), hist,
+                  readout=ro)
+        kls[coef] = ro.kl(x, sae(x)).item()
+        for row in hist:
+            in_window = coef > 0 and row["step"] > 60  # 30 steps an epoch, the window is steps 61..120
+            want = row["mse"] + (coef * row["kl"] if in_window else 0.0)
+            assert abs(row["loss"] - want) < 1e-3 * max(1.0, want), row
+    assert kls[5.0] < 0.8 * kls[0.0], kls
+    with pytest.raises(ValueError, match="no readout"):
+        run_phase(SAE(24, 64, "topk", k=3), x, Phase("topk", 1, kl_coef=1.0), cfg, torch.Generator())

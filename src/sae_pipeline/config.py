@@ -134,6 +134,7 @@ class SAEConfig(Section):
     warmstart_epochs: int = 15  # jumprelu: TopK(k=target) epochs before the STE phase; 0 = from scratch
     epochs_final: int = 3  # jumprelu: STE epochs; topk and relu_l1 train warmstart_epochs + epochs_final
     theta_init: float = 0.5  # jumprelu from scratch: initial threshold
+    kl_coef: float = 100.0  # weight of KL(base || spliced logits) in the last epochs_final epochs, see sae_train
     aux_k_coef: float = 1 / 32  # AuxK dead-latent loss weight (Gao et al. 2024, sec. A.2)
     dead_steps: int = 500  # a latent that has not fired for this many steps counts as dead for AuxK
     lambda_min: float = 1e-4  # log-uniform search bracket for the sparsity penalty
@@ -156,6 +157,7 @@ class SAEConfig(Section):
         self.check("epochs_final", self.warmstart_epochs + self.epochs_final > 0,
                    "> 0 when sae.warmstart_epochs is 0")
         self.check("theta_init", self.theta_init > 0, "> 0")
+        self.check("kl_coef", self.kl_coef >= 0, ">= 0")
         self.check("aux_k_coef", self.aux_k_coef >= 0, ">= 0")
         self.check("dead_steps", self.dead_steps > 0, "> 0")
         self.check("lambda_min", self.lambda_min > 0, "> 0")

@@ -25,6 +25,44 @@ class Phase:
     lam: float = 0.0  # sparsity penalty: λ·L0 for jumprelu, λ·L1 for relu, unused for topk
     name: str = ""
     lr: float | None = None  # None = sae.lr
+    kl_coef: float = 0.0  # weight of KL(base || spliced logits), needs a Readout
+    kl_epochs: float | None = None  # the KL term acts in this many final epochs of the phase; None = all of it
+
+
+@dataclass
+class Readout:
+    """The base model's logits as an affine map of the SAE's (normalised) input: ``logits = x @ weight.T + bias``,
+    i.e. fc2 applied to ``x * scale + shift``. Lets a phase add KL(base || spliced) to its loss.
+
+    Why: an MSE-trained SAE spends its error budget evenly over directions the classifier ignores and directions
+    it reads. A short KL+MSE fine-tune at the end of training (Karvonen 2025, arXiv 2503.17272; the end-to-end SAEs
+    of Braun et al. 2024 train on KL throughout) moves the error out of the read-out directions. Here fc2 is
+    128 -> 10, so the extra cost is two tiny matmuls a step. The targets are the base model's own logits on the
+    training split: no labels are used, so the term asks for faithfulness, not for accuracy.
+    """
+
+    weight: torch.Tensor  # [n_classes, d_in]
+    bias: torch.Tensor  # [n_classes]
+
+    @classmethod
+    def from_model(cls, fc2: torch.nn.Linear, shift: torch.Tensor, scale: torch.Tensor) -> "Readout":
+        w, b = fc2.weight.detach(), fc2.bias.detach()
+        return cls((w * scale).contiguous(), b + w @ shift)
+
+    def to(self, device: torch.device) -> "Readout":
+        return Readout(self.weight.to(device), self.bias.to(device))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.bias, x, self.weight.t())
+
+    def kl_grad(self, x: torch.Tensor, x_hat: torch.Tensor, coef: float) -> torch.Tensor:
+        """d/dx_hat of coef · mean_rows KL(softmax(logits(x)) || softmax(logits(x_hat))): (q - p)·W / B."""
+        p, q = self.logits(x).softmax(-1), self.logits(x_hat).softmax(-1)
+        return (q - p) @ self.weight * (coef / len(x))
+
+    def kl(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+        logp, logq = self.logits(x).log_softmax(-1), self.logits(x_hat).log_softmax(-1)
+        return (logp.exp() * (logp - logq)).sum(-1).mean()
 
 
 def new_sae(cfg: SAEConfig, x: torch.Tensor, seed: int) -> SAE:
@@ -66,7 +104,7 @@ def batches(x: torch.Tensor, batch_size: int, steps: int, gen: torch.Generator):
 
 
 def run_phase(sae: SAE, x: torch.Tensor, phase: Phase, cfg: SAEConfig, gen: torch.Generator,
-              history: list[dict] | None = None, desc: str = "") -> None:
+              history: list[dict] | None = None, desc: str = "", readout: Readout | None = None) -> None:
     """One optimisation phase: Adam, cosine schedule, unit-norm decoder rows, θ kept positive."""
     sae.activation = phase.activation
     if phase.activation == "jumprelu":
@@ -76,13 +114,17 @@ def run_phase(sae: SAE, x: torch.Tensor, phase: Phase, cfg: SAEConfig, gen: torc
     since_fired = torch.zeros(sae.d_sae, dtype=torch.long, device=x.device)
     use_aux = phase.activation == "topk" and cfg.aux_k_coef > 0
     step0 = history[-1]["step"] if history else 0
+    if phase.kl_coef > 0 and readout is None:
+        raise ValueError(f"phase {phase.name} has kl_coef {phase.kl_coef} but no readout")
+    kl_start = steps - round(phase.kl_epochs * len(x) / cfg.batch_size) if phase.kl_epochs is not None else 0
     for s, xb in enumerate(tqdm(batches(x, cfg.batch_size, steps, gen), total=steps, desc=desc, leave=False)):
         opt.zero_grad()
+        kl = (readout, phase.kl_coef) if phase.kl_coef > 0 and s >= kl_start else None
         if phase.activation == "jumprelu":
-            f, x_hat = jumprelu_grads(sae, xb, phase.lam)
+            f, x_hat = jumprelu_grads(sae, xb, phase.lam, kl)
         else:
             f, x_hat = autograd_grads(sae, xb, phase.lam, cfg.aux_k_coef if use_aux else 0.0,
-                                      since_fired > cfg.dead_steps)
+                                      since_fired > cfg.dead_steps, kl)
         opt.step(lr * cosine_lr(s, steps))
         sae.normalize_decoder()
         with torch.no_grad():
@@ -92,14 +134,18 @@ def run_phase(sae: SAE, x: torch.Tensor, phase: Phase, cfg: SAEConfig, gen: torc
         if history is not None and (s % LOG_EVERY == 0 or s == steps - 1):
             mse = (xb - x_hat).pow(2).sum(-1).mean()  # the batch's, before this step's update
             loss = mse + sparsity_loss(sae, f, f > 0, phase.lam)
+            kl_batch = readout.kl(xb, x_hat).item() if readout is not None else float("nan")
+            if kl:
+                loss = loss + kl[1] * kl_batch
             history.append({
-                "step": step0 + s + 1, "phase": phase.name or phase.activation, "loss": round(loss.item(), 5),
+                "step": step0 + s + 1, "phase": phase.name or phase.activation, "loss": round(float(loss), 5),
                 "mse": round(mse.item(), 5), "l0": round(l0(f), 3), "fvu": round(fvu(xb, x_hat), 5),
-                "dead_frac": round((since_fired > cfg.dead_steps).float().mean().item(), 5),
+                "kl": round(kl_batch, 6), "dead_frac": round((since_fired > cfg.dead_steps).float().mean().item(), 5),
             })
 
 
-def autograd_grads(sae: SAE, xb: torch.Tensor, lam: float, aux_coef: float, dead: torch.Tensor):
+def autograd_grads(sae: SAE, xb: torch.Tensor, lam: float, aux_coef: float, dead: torch.Tensor,
+                   kl: tuple[Readout, float] | None = None):
     """Gradients (into ``.grad``) of reconstruction + sparsity penalty (+ AuxK) through autograd: the TopK and
     ReLU/L1 phases. Returns detached ``(f, x_hat)``."""
     pre = sae.pre_acts(xb)
@@ -109,14 +155,17 @@ def autograd_grads(sae: SAE, xb: torch.Tensor, lam: float, aux_coef: float, dead
     loss = mse + sparsity_loss(sae, f, h, lam)
     if aux_coef:
         loss = loss + aux_coef * auxk_loss(sae, xb, x_hat, pre, dead)
+    if kl:
+        loss = loss + kl[1] * kl[0].kl(xb, x_hat)
     loss.backward()
     return f.detach(), x_hat.detach()
 
 
 @torch.no_grad()
-def jumprelu_grads(sae: SAE, xb: torch.Tensor, lam: float):
+def jumprelu_grads(sae: SAE, xb: torch.Tensor, lam: float, kl: tuple[Readout, float] | None = None):
     """Gradients (into ``.grad``) of the JumpReLU loss ||x - x_hat||^2 + λ·Σ_i H(pre_i - θ_i) (batch means;
-    paper eq. 9), in one pass without an autograd graph.
+    paper eq. 9), plus ``coef·KL(base || spliced)`` when ``kl = (readout, coef)``, in one pass without an
+    autograd graph.
 
     Around the JumpReLU this is only the chain rule through the two affine maps; the STE pseudo-derivatives come
     from ``jumprelu_backward``, the same function autograd calls. At these sizes (a step is ~2 ms, five matmuls
@@ -128,6 +177,8 @@ def jumprelu_grads(sae: SAE, xb: torch.Tensor, lam: float):
     f, h = jumprelu_forward(pre, sae.threshold)
     x_hat = sae.decode(f)
     grad_x_hat = (x_hat - xb).mul_(2.0 / b)
+    if kl:
+        grad_x_hat += kl[0].kl_grad(xb, x_hat, kl[1])
     sae.W_dec.grad = f.t() @ grad_x_hat
     sae.b_dec.grad = grad_x_hat.sum(0)
     grad_pre, sae.threshold.grad = jumprelu_backward(pre, sae.threshold, h, sae.bandwidth,
@@ -174,24 +225,30 @@ def starting_point(cfg: SAEConfig, x: torch.Tensor, seed: int) -> SAE:
 
 
 def final_phase(cfg: SAEConfig, lam: float) -> Phase:
+    """The phase train_sae runs. The KL term (``sae.kl_coef``) acts in its last ``sae.epochs_final`` epochs
+    for every arch, so the baselines get the same fine-tune: for jumprelu that is the whole STE phase, for topk
+    and relu_l1 the tail of their single cosine schedule."""
     if cfg.arch == "jumprelu":
         # after a warm start the STE phase fine-tunes at sae.ste_lr; from scratch it trains at sae.lr
         lr = cfg.ste_lr if cfg.warmstart_epochs > 0 else cfg.lr
-        return Phase("jumprelu", cfg.epochs_final, lam, "jumprelu_ste", lr)
+        return Phase("jumprelu", cfg.epochs_final, lam, "jumprelu_ste", lr, cfg.kl_coef)
     activation = "topk" if cfg.arch == "topk" else "relu"
-    return Phase(activation, cfg.warmstart_epochs + cfg.epochs_final, lam, cfg.arch)
+    return Phase(activation, cfg.warmstart_epochs + cfg.epochs_final, lam, cfg.arch, kl_coef=cfg.kl_coef,
+                 kl_epochs=cfg.epochs_final)
 
 
-def train(cfg: SAEConfig, start: SAE, x: torch.Tensor, lam: float, seed: int) -> tuple[SAE, list[dict]]:
+def train(cfg: SAEConfig, start: SAE, x: torch.Tensor, lam: float, seed: int,
+          readout: Readout | None = None) -> tuple[SAE, list[dict]]:
     """The final SAE: the starting point trained with the calibrated λ. Returns it and its training curve."""
     sae, history = copy.deepcopy(start), []
     phase = final_phase(cfg, lam)
     if phase.epochs > 0:
-        run_phase(sae, x, phase, cfg, generator(seed, 4), history, desc=f"sae {phase.name}")
+        run_phase(sae, x, phase, cfg, generator(seed, 4), history, desc=f"sae {phase.name}", readout=readout)
     return sae.eval(), history
 
 
-def calibrate(cfg: SAEConfig, start: SAE, x_train: torch.Tensor, x_val: torch.Tensor, seed: int) -> dict:
+def calibrate(cfg: SAEConfig, start: SAE, x_train: torch.Tensor, x_val: torch.Tensor, seed: int,
+              readout: Readout | None = None) -> dict:
     """Log-uniform bisection of λ over [lambda_min, lambda_max] with short trainings from the final run's own
     starting point, until the val L0 is within ``calib_tolerance`` of the target. λ saturates at both ends
     (SAELens #719), hence the log scale."""
@@ -208,8 +265,9 @@ def calibrate(cfg: SAEConfig, start: SAE, x_train: torch.Tensor, x_val: torch.Te
     for i in range(cfg.calib_probes):
         lam = math.exp((lo + hi) / 2)
         sae = copy.deepcopy(start)
-        probe = Phase(phase.activation, probe_epochs, lam, f"probe{i + 1}", phase.lr)
-        run_phase(sae, x_train, probe, cfg, generator(seed, 5), desc=f"λ probe {i + 1}")
+        probe = Phase(phase.activation, probe_epochs, lam, f"probe{i + 1}", phase.lr, phase.kl_coef,
+                      None if phase.kl_epochs is None else min(phase.kl_epochs, probe_epochs))
+        run_phase(sae, x_train, probe, cfg, generator(seed, 5), desc=f"λ probe {i + 1}", readout=readout)
         ev = evaluate_split(sae.eval(), x_val)
         probes.append({"probe": i + 1, "lambda": lam, "l0": round(ev["l0"], 4), "fvu": round(ev["fvu"], 5)})
         if abs(ev["l0"] - cfg.target_actives) <= cfg.calib_tolerance * cfg.target_actives:
