@@ -37,7 +37,7 @@ class Readout:
     Why: an MSE-trained SAE spends its error budget evenly over directions the classifier ignores and directions
     it reads. A short KL+MSE fine-tune at the end of training (Karvonen 2025, arXiv 2503.17272; the end-to-end SAEs
     of Braun et al. 2024 train on KL throughout) moves the error out of the read-out directions. Here fc2 is
-    128 -> 10, so the extra cost is two tiny matmuls a step. The targets are the base model's own logits on the
+    128 -> 10, so the extra cost is three tiny matmuls a step. The targets are the base model's own logits on the
     training split: no labels are used, so the term asks for faithfulness, not for accuracy.
     """
 
