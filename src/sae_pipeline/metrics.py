@@ -24,10 +24,15 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
     return (logits.argmax(-1) == y).float().mean().item()
 
 
-def kl_logits(base_logits: torch.Tensor, new_logits: torch.Tensor) -> float:
-    """Mean KL(softmax(base) || softmax(new)) per example, in nats."""
+def kl_div_logits(base_logits: torch.Tensor, new_logits: torch.Tensor) -> torch.Tensor:
+    """Mean KL(softmax(base) || softmax(new)) per example, in nats, as a differentiable tensor."""
     return F.kl_div(new_logits.log_softmax(-1), base_logits.log_softmax(-1), log_target=True,
-                    reduction="batchmean").item()
+                    reduction="batchmean")
+
+
+def kl_logits(base_logits: torch.Tensor, new_logits: torch.Tensor) -> float:
+    """``kl_div_logits`` as a number, for reports."""
+    return kl_div_logits(base_logits, new_logits).item()
 
 
 def recovered(acc_recon: float, acc_base: float, acc_ablated: float) -> float:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .config import SAEConfig
-from .metrics import fvu, l0
+from .metrics import fvu, kl_div_logits, l0
 from .optim import Adam, cosine_lr
 from .runtime import generator
 from .sae import SAE, jumprelu_backward, jumprelu_forward, topk_relu
@@ -61,8 +61,8 @@ class Readout:
         return (q - p) @ self.weight * (coef / len(x))
 
     def kl(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-        logp, logq = self.logits(x).log_softmax(-1), self.logits(x_hat).log_softmax(-1)
-        return (logp.exp() * (logp - logq)).sum(-1).mean()
+        """Mean KL(base || spliced) over the rows, the same measure the reports use (``metrics.kl_logits``)."""
+        return kl_div_logits(self.logits(x), self.logits(x_hat))
 
 
 def new_sae(cfg: SAEConfig, x: torch.Tensor, seed: int) -> SAE:
