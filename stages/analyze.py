@@ -1,40 +1,46 @@
-"""Stage analyze: per-feature evidence, hypotheses, galleries and the HTML dashboard (test split)."""
-import os
-
+"""Stage analyze: every latent of the exported SAE (evidence, hypothesis, causal effects), the SAE-dependent
+interpretability metrics next to the baselines, the 50-feature report and the feature browser (test split)."""
 import numpy as np
 import torch
 
-from sae_pipeline import base, report
-from sae_pipeline.activations import load_acts
-from sae_pipeline.analysis import aggregate, analyze
+from sae_pipeline import base, browser
+from sae_pipeline.analysis.run import analyze_sae
+from sae_pipeline.analysis.table import csv_rows
 from sae_pipeline.config import load_all, read_params
+from sae_pipeline.export import sae_from_export
 from sae_pipeline.io import atomic_dir, load_json, save_csv, save_json, write_text
 from sae_pipeline.runtime import run_stage, setup_torch
-from sae_pipeline.sae import load_sae
 
 
 def main(args):
     cfg = load_all(read_params(args.params))
     setup_torch("cpu")
-    acts = load_acts(np.load(args.acts))
-    sae = load_sae(torch.load(args.sae, weights_only=True))
+    acts, data = np.load(args.acts), np.load(args.data)
+    h = {s: torch.from_numpy(acts[f"h_{s}"]) for s in ("train", "val", "test")}
+    y = {s: torch.from_numpy(data[f"y_{s}"]) for s in ("train", "val", "test")}
+    pixels = torch.from_numpy(data["x_test"])
     card = load_json(args.base_card)
     model = base.load_model(torch.load(args.base_model, weights_only=True), card)
-    data = np.load(args.data)
-    pixels, y = torch.from_numpy(data["x_test"]), torch.from_numpy(data["y_test"])
-    reports, extras = analyze(sae, acts, model, card, pixels, y, cfg["analysis"], cfg["run"].seed)
-    agg = aggregate(reports, cfg["analysis"])
-    with atomic_dir(args.features) as tmp:
-        report.write_galleries(tmp, reports, extras, pixels)
-    prefix = os.path.relpath(args.features, args.dashboard) + "/"
-    page = report.dashboard_html(reports, agg, load_json(args.summary), prefix)
-    write_text(os.path.join(args.dashboard, "index.html"), page)
-    save_json(args.report_json, {"split": "test", "features": reports})
-    save_csv(args.report_csv, report.flat_table(reports))
-    save_json(args.metrics, agg)
-    print(agg)
+    res = analyze_sae(sae_from_export(args.sae), model, card, h, y, pixels, cfg["analysis"], cfg["run"].seed)
+    baselines = load_json(args.baselines)
+    families = {**res.families, **baselines}
+    with atomic_dir(args.browser) as tmp:
+        placed = browser.write_images(tmp, res, pixels)
+        (tmp / "index.html").write_text(browser.page_html(res, families, load_json(args.summary),
+                                                          cfg["analysis"], placed))
+    save_json(args.latents_json, {"split": "test", "latents": res.latents})
+    save_csv(args.latents_csv, csv_rows(res.latents))
+    save_json(args.report_json, {"split": "test", "select": cfg["analysis"].select, "features": res.report})
+    save_csv(args.report_csv, csv_rows([res.latents[u] for u in res.selected]))
+    save_json(args.interpretability, {"split": "test", "min_count": cfg["analysis"].min_count,
+                                      "high_purity": cfg["analysis"].high_purity, **families})
+    save_json(args.metrics, res.metrics)
+    m = res.metrics
+    print(f"{m['n_live']} live latents; selected ({m['select']}) purity {m['selected_purity_mean']:.2f}, "
+          f"{m['selected_label_coverage']}/10 digits; SAE mean purity {families['sae']['purity_mean']:.2f} vs "
+          f"neurons {families['neurons']['purity_mean']:.2f}, random {families['random']['purity_mean']:.2f}")
 
 
 if __name__ == "__main__":
-    run_stage(main, "acts", "sae", "base-model", "base-card", "data", "summary", "report-json", "report-csv",
-              "metrics", "features", "dashboard")
+    run_stage(main, "acts", "sae", "base-model", "base-card", "data", "summary", "baselines", "latents-json",
+              "latents-csv", "report-json", "report-csv", "interpretability", "metrics", "browser")

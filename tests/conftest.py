@@ -16,7 +16,7 @@ TINY = {
     "base": {"epochs": 3, "hidden_dim": 32, "batch_size": 32},
     "sae": {"latents": 64, "target_actives": 8, "warmstart_epochs": 2, "epochs_final": 1, "calib_probes": 2,
             "calib_epochs": 0.5, "dead_steps": 50},
-    "analysis": {"n_features": 5, "top_k": 4, "n_intervention": 32},
+    "analysis": {"n_features": 5, "top_k": 4, "n_intervention": 32, "min_count": 10},
 }
 
 

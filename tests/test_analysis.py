@@ -1,70 +1,247 @@
+"""The analysis on planted truth: a synthetic base model, SAE and data with known pure, mixed, rare and dense
+latents, where every statistic, hypothesis and causal effect has a known answer."""
+import numpy as np
+import pytest
 import torch
 
-from sae_pipeline.activations import Acts
-from sae_pipeline.analysis import aggregate, analyze
+from sae_pipeline.analysis import hypotheses, select
+from sae_pipeline.analysis.families import top_purity
+from sae_pipeline.analysis.probing import fit_logistic, mean_diff_ranking, probe, sparse_probing
+from sae_pipeline.analysis.run import analyze_sae
+from sae_pipeline.analysis.stats import LabelStats, wilson
+from sae_pipeline.analysis.units import neuron_units, pca_units, random_units
 from sae_pipeline.base import MLP
 from sae_pipeline.config import AnalysisConfig
 from sae_pipeline.sae import SAE
 
 CARD = {"input_mean": 0.0, "input_std": 1.0}
+N = {"train": 6000, "val": 2000, "test": 4000}
+# latent -> (pixel it reads, what the pixel's firing depends on)
+PURE, MIXED, DENSE, RARE, MOSTLY = 0, 1, 2, 3, 4
+PLANTED_SETS = {PURE: [3], MIXED: [4, 9], RARE: [7], MOSTLY: [1, 2]}
 
 
-def _planted_world(n=2000, seed=0):
-    """Hidden dim 0 is on only for class-3 images; dim 1 on for a random half of all images. SAE latent 0 reads
-    dim 0 and writes dim 2, which fc2 maps to logit 7; latent 1 reads dim 1 and writes dim 3, which raises every
-    logit a little (label-agnostic)."""
-    g = torch.Generator().manual_seed(seed)
+def _split(n, g):
     y = torch.randint(0, 10, (n,), generator=g)
+    u = torch.rand(n, 5, generator=g)
+    lit = torch.stack([
+        y == 3,                                              # PURE: every 3, nothing else
+        (y == 4) | (y == 9),                                 # MIXED: 4s and 9s
+        u[:, 2] < 0.5,                                       # DENSE: half of all inputs, any digit
+        (y == 7) & (u[:, 3] < 0.2),                          # RARE: a fifth of the 7s
+        ((y == 1) & (u[:, 4] < 0.75)) | ((y == 2) & (u[:, 4] < 0.25)),  # MOSTLY: 75% of 1s, 25% of 2s
+    ], dim=1)
     pixels = torch.zeros(n, 28, 28, dtype=torch.uint8)
-    pixels[:, 0, 0] = torch.where(y == 3, 255, 0).to(torch.uint8)
-    pixels[:, 0, 1] = (torch.rand(n, generator=g) < 0.5).to(torch.uint8) * 255
-    pixels[:, 5:20, 5:20] = torch.randint(0, 50, (n, 15, 15), generator=g, dtype=torch.uint8)
-    model = MLP("relu", hidden_dim=4)
-    sae = SAE(4, 6, "jumprelu", generator=g)
+    pixels[:, 0, :5] = lit.to(torch.uint8) * 255
+    pixels[:, 10:20, 10:20] = torch.randint(0, 30, (n, 10, 10), generator=g, dtype=torch.uint8)
+    return pixels, y
+
+
+def planted_world(seed=0):
+    """hidden unit i = pixel (0, i) for i < 5; SAE latent i reads hidden unit i (8 latents: 5 planted, 3 dead).
+    fc2 sends hidden unit i to logit (i + 5) mod 10, so each latent's causal effect has a known top class."""
+    g = torch.Generator().manual_seed(seed)
+    splits = {s: _split(n, g) for s, n in N.items()}
+    model = MLP("relu", hidden_dim=6)
+    sae = SAE(6, 8, "jumprelu", generator=g)
     with torch.no_grad():
         model.fc1.weight.zero_(); model.fc1.bias.zero_()
-        model.fc1.weight[0, 0] = 1.0  # x = pixels/255 with CARD -> dim 0 = 1 on class 3
-        model.fc1.weight[1, 1] = 1.0
+        for i in range(5):
+            model.fc1.weight[i, i] = 1.0  # x = pixels/255 with CARD -> h_i = 1 when lit
         model.fc2.weight.zero_(); model.fc2.bias.zero_()
-        model.fc2.weight[7, 2] = 2.0
-        model.fc2.weight[:, 3] = 0.1
+        for i in range(5):
+            model.fc2.weight[(i + 5) % 10, i] = 2.0
         sae.W_enc.zero_(); sae.b_enc.fill_(-1.0); sae.W_dec.zero_(); sae.b_dec.zero_()
         sae.threshold.fill_(0.5)
-        sae.W_enc[0, 0] = 2.0; sae.W_dec[0, 2] = 1.0
-        sae.W_enc[1, 1] = 2.0; sae.W_dec[1, 3] = 1.0
-    z = model.hidden(pixels.reshape(n, -1).float() / 255).detach()
-    acts = Acts(z, z, z, torch.zeros(4), torch.ones(4), z.mean(0))
-    return sae, acts, model, pixels, y
+        for i in range(5):
+            sae.W_enc[i, i] = 2.0
+            sae.W_dec[i, i] = 1.0
+    h = {s: model.hidden(p.reshape(len(p), -1).float() / 255).detach() for s, (p, _) in splits.items()}
+    y = {s: yy for s, (_, yy) in splits.items()}
+    return sae, model, h, y, splits["test"][0]
 
 
-def test_analysis_recovers_planted_features():
-    sae, acts, model, pixels, y = _planted_world()
-    cfg = AnalysisConfig(n_features=2, top_k=8, n_intervention=64)
-    reports, extras = analyze(sae, acts, model, CARD, pixels, y, cfg, seed=0)
-    by_id = {r["feature"]: r for r in reports}
-    assert set(by_id) == {0, 1}  # the four dead latents are skipped
-    det, agn = by_id[0], by_id[1]
-    assert det["mode_label"] == 3 and det["purity"] == 1.0 and det["lift"] > 5
-    assert det["intervention"]["top_class"] == 7 and det["intervention"]["delta_logit"][7] > 0
-    assert det["dla_top_class"] == 7 and det["causal_signs_agree"]
-    assert all(e["label"] == 3 for e in det["top_examples"])
-    # the detector's input pattern is the planted pixel: the gradient peaks at (0, 0)
-    heat = extras["heatmaps"][[r["feature"] for r in reports].index(0)]
-    assert abs(heat).argmax() == 0 and heat[0, 0] > 0
-    # ablating it where it fires lowers logit... of the mode class 3? no: it drives 7, so Δ mode logit is ~0
-    assert det["ablation"]["delta_mode_logit"] == 0.0
-    assert agn["purity"] < 0.2 and agn["confidence"] == "low"
-    assert det["confidence"] != "low"  # pure, but its causal effect points to 7: not a '3' detector claim
-    assert "3" in det["hypothesis"] and "7" in det["hypothesis"]
-    agg = aggregate(reports, cfg)
-    assert agg["label_coverage"] == 1 and agg["labels_covered"] == [3]
+@pytest.fixture(scope="module")
+def world():
+    sae, model, h, y, pixels = planted_world()
+    cfg = AnalysisConfig(n_features=3, top_k=8, n_intervention=64, min_count=20)
+    res = analyze_sae(sae, model, CARD, h, y, pixels, cfg, seed=0)
+    return res, cfg, y
 
 
-def test_high_confidence_when_purity_and_boosted_class_agree():
-    sae, acts, model, pixels, y = _planted_world()
-    with torch.no_grad():
-        model.fc2.weight[7, 2] = 0.0
-        model.fc2.weight[3, 2] = 2.0  # now latent 0 boosts its own label
-    reports, _ = analyze(sae, acts, model, CARD, pixels, y, AnalysisConfig(n_features=2, top_k=8), seed=0)
-    det = next(r for r in reports if r["feature"] == 0)
-    assert det["confidence"] == "high" and "likely a '3' detector" in det["hypothesis"]
+def test_every_latent_is_in_the_table_dead_ones_flagged(world):
+    res, _, _ = world
+    assert [r["latent"] for r in res.latents] == list(range(8))
+    assert [r["dead"] for r in res.latents] == [False] * 5 + [True] * 3
+    assert res.latents[DENSE]["dense"] and not res.latents[RARE]["dense"]
+
+
+def test_default_selection_surfaces_the_pure_latents_not_the_dense_one(world):
+    res, cfg, _ = world
+    assert cfg.select == "per_class"
+    assert DENSE not in res.selected and set(res.selected) <= {PURE, RARE, MOSTLY, MIXED}
+    assert PURE in res.selected
+    # the old rule shows the dense latent first
+    st = LabelStats.of(res_fires(res, "train"), world[2]["train"])
+    assert select.rank("frequency", st, cfg.min_count)[0] == DENSE
+
+
+def res_fires(res, split):
+    """Rebuild the train firing matrix from the planted rule (the test only needs n and labels)."""
+    sae, model, h, y, _ = planted_world()
+    return sae.encode(h[split]) > 0
+
+
+def test_label_statistics_and_intervals(world):
+    res, _, y = world
+    pure, mixed = res.latents[PURE], res.latents[MIXED]
+    n3 = int((y["test"] == 3).sum())
+    assert pure["n_test"] == n3 and pure["mode_label"] == 3 and pure["purity"] == 1.0
+    assert pure["purity_lo"] < 1.0 and pure["purity_hi"] == 1.0  # n of n is not "certainly pure"
+    assert abs(pure["lift"] - 1 / (n3 / len(y["test"]))) < 1e-6
+    assert pure["entropy_bits"] == 0.0
+    assert 0.4 < mixed["purity"] < 0.6 and sorted(mixed["top_classes"][:2]) == [4, 9]
+    assert abs(mixed["entropy_bits"] - 1.0) < 0.01  # two equally likely digits: one bit
+    # the planted share of the MOSTLY latent's firings on 1s (up to sampling) is inside its interval
+    m = res.latents[MOSTLY]
+    n1, n2 = int((y["test"] == 1).sum()), int((y["test"] == 2).sum())
+    expected = 0.75 * n1 / (0.75 * n1 + 0.25 * n2)
+    assert m["purity_lo"] <= expected <= m["purity_hi"]
+
+
+def test_hypotheses_name_the_planted_class_sets(world):
+    res, _, _ = world
+    for u, classes in PLANTED_SETS.items():
+        assert res.latents[u]["hypothesis_classes"] == classes, (u, res.latents[u]["hypothesis"])
+    assert res.latents[PURE]["grade"] == "high" and res.latents[MIXED]["grade"] == "high"
+    assert res.latents[DENSE]["grade"] == "none" and res.latents[DENSE]["hypothesis_classes"] == []
+    assert "fires on 4s and 9s" in res.latents[MIXED]["hypothesis"]
+    assert res.latents[PURE]["heldout_precision"] == 1.0 and res.latents[PURE]["heldout_recall"] == 1.0
+    assert abs(res.latents[RARE]["heldout_recall"] - 0.2) < 0.08  # fires on a fifth of the 7s
+    for g, c in res.metrics["hypotheses"]["calibration_test"].items():
+        if c["n_latents"]:
+            assert c["holds"] and c["heldout_precision_pooled"] >= c["claimed_precision"], g
+
+
+def test_a_larger_set_is_named_only_when_it_earns_a_higher_grade():
+    counts = torch.tensor([[90, 10, 0, 0, 0, 0, 0, 0, 0, 0],   # {0} lower bound .83 -> medium; {0,1}: high
+                           [300, 3, 0, 0, 0, 0, 0, 0, 0, 0],   # {0} already high: stays one digit
+                           [2, 1, 0, 0, 0, 0, 0, 0, 0, 0]])    # 3 firings: below min_count, no hypothesis
+    st = LabelStats(counts, counts.sum(1), 1000, torch.full((10,), 0.1, dtype=torch.float64))
+    hyp = hypotheses.derive(st, max_classes=3, min_count=20)
+    assert hyp["classes"] == [[0, 1], [0], []]
+    assert hyp["grade"] == ["high", "high", "none"]
+
+
+def test_wilson_interval_covers_at_its_nominal_rate():
+    g = torch.Generator().manual_seed(1)
+    coverages = []
+    for p in (0.2, 0.5, 0.8, 0.9):
+        for n in (20, 100, 400):
+            k = torch.binomial(torch.full((20000,), float(n)), torch.full((20000,), p), generator=g)
+            lo, hi = wilson(k, torch.full_like(k, n))
+            coverages.append(float(((lo <= p) & (p <= hi)).double().mean()))
+    assert min(coverages) > 0.92 and np.mean(coverages) > 0.94, coverages
+    lo, hi = wilson(torch.tensor([3.0]), torch.tensor([3.0]))
+    assert hi == 1.0 and lo < 0.45  # 3 of 3 is not "pure"
+
+
+def test_causal_effects_follow_the_planted_readout(world):
+    res, _, y = world
+    for u in range(5):
+        r = res.latents[u]
+        top = (u + 5) % 10
+        assert r["dla_top_class"] == top and r["intervention_top_class"] == top
+        # fc2 is linear: the intervention's mean Δlogit is the mean activation times the DLA
+        assert abs(r["delta_logit"][top] - r["intervention_value"] * r["dla"][top]) < 1e-4
+        assert r["ablation_delta_mode_logit"] <= 0 or r["mode_label"] != top
+    # the pure latent's logit target is 5, not its input digit 3: its hypothesis says so
+    assert "raises the logit of 5" in res.latents[PURE]["hypothesis"]
+
+
+def test_heatmap_peaks_on_the_planted_pixel(world):
+    res, _, _ = world
+    for u in range(5):
+        heat = res.heatmaps[u]
+        assert int(heat.abs().argmax()) == u and heat[0, u] > 0
+
+
+def test_examples_cover_the_activation_range(world):
+    res, cfg, y = world
+    r = res.latents[MOSTLY]
+    assert len(r["top_examples"]) == cfg.top_k
+    acts = [e["activation"] for e in r["top_examples"]]
+    assert acts == sorted(acts, reverse=True)
+    assert {e["band"] for e in r["band_examples"]} == {"q75-90", "q50-75", "q25-50", "q0-25"}
+    assert all(e["label"] == int(y["test"][e["test_index"]]) for e in r["top_examples"] + r["band_examples"])
+
+
+def test_interpretability_metrics_separate_sae_from_baselines(world):
+    res, _, y = world
+    sae = res.families["sae"]
+    assert sae["n_counted"] == 5 and sae["n_high_purity"] == 2  # PURE and RARE are >= 0.8 pure on their own
+    assert sae["classes_covered"] == [3, 7]
+    # every 3 (PURE) and a fifth of the 7s (RARE)
+    planted = float((y["test"] == 3).double().mean() + 0.2 * (y["test"] == 7).double().mean())
+    assert abs(sae["inputs_covered"] - planted) < 0.01
+    assert sae["probe"]["1"]["balanced_accuracy"] > 0.5
+
+
+# ---------- units and probes ----------
+
+def test_random_dictionary_matches_the_sae_firing_rates():
+    g = torch.Generator().manual_seed(0)
+    h = {s: torch.relu(torch.randn(n, 16, generator=g)) for s, n in N.items()}
+    rates = torch.tensor([0.0, 0.01, 0.05, 0.2, 0.5])
+    rand = random_units(h, rates, torch.Generator().manual_seed(1))
+    got = rand.fires["train"].double().mean(0)
+    assert torch.allclose(got.sort().values, rates.double().sort().values, atol=2 / N["train"])
+    pos, p90 = neuron_units(h)
+    assert torch.allclose(p90.fires["train"].double().mean(0), torch.full((16,), 0.1, dtype=torch.float64),
+                          atol=2 / N["train"])
+    assert torch.equal(pos.fires["test"], h["test"] > 0)
+    pca = pca_units(h)
+    var = pca.acts["train"].var(0)
+    assert torch.all(var[:-1] >= var[1:] - 1e-4)  # components in order of explained variance
+
+
+def test_top_purity_uses_the_highest_activations():
+    acts = torch.tensor([[5.0], [4.0], [3.0], [0.0]])
+    fires = acts > 0
+    y = torch.tensor([1, 1, 2, 2])
+    assert float(top_purity(acts, fires, y, top_n=2)) == 1.0
+    assert abs(float(top_purity(acts, fires, y, top_n=3)) - 2 / 3) < 1e-9  # the non-firing row never counts
+
+
+def test_logistic_regression_matches_sklearn():
+    sklearn = pytest.importorskip("sklearn.linear_model")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2000, 4, generator=g, dtype=torch.float64)
+    t = (x[..., 0] + 0.5 * x[..., 1] + 0.8 * torch.randn(3, 2000, generator=g, dtype=torch.float64)) > 1.0
+    w = fit_logistic(x, t)
+    for b in range(3):
+        ref = sklearn.LogisticRegression(C=1.0, class_weight="balanced", tol=1e-10, max_iter=10000)
+        ref.fit(x[b].numpy(), t[b].numpy())
+        assert np.allclose(w[b, :-1].numpy(), ref.coef_[0], atol=1e-4)
+        assert abs(float(w[b, -1]) - ref.intercept_[0]) < 1e-4
+    # one feature matrix shared by every problem (the dense probe's path) gives the same fit
+    shared = fit_logistic(x[0], t)
+    per = fit_logistic(x[0].expand(3, -1, -1), t)
+    assert torch.allclose(shared, per, atol=1e-8)
+
+
+def test_sparse_probe_finds_the_planted_feature():
+    g = torch.Generator().manual_seed(0)
+    y = {s: torch.randint(0, 10, (n,), generator=g) for s, n in N.items()}
+    # column c carries digit c (with noise); 20 more columns are noise
+    def feats(yy):
+        x = torch.randn(len(yy), 30, generator=g) * 0.3
+        x[torch.arange(len(yy)), yy] += 1.0
+        return x
+    x = {s: feats(y[s]) for s in N}
+    ranking = mean_diff_ranking(x["train"], y["train"], 3)
+    assert ranking[:, 0].tolist() == list(range(10))
+    out = sparse_probing(x["train"], y["train"], x["test"], y["test"], ks=(1, 2))
+    assert out["1"]["balanced_accuracy"] > 0.93 and out["1"]["f1"] > 0.7
+    dense = probe(x["train"], y["train"], x["test"], y["test"], None)
+    assert dense["balanced_accuracy"] >= out["1"]["balanced_accuracy"] - 0.01

@@ -17,8 +17,8 @@ import yaml
 from conftest import ROOT, run, set_params
 from sae_pipeline.export import export_encode, load_export
 
-STAGES = ["prepare_data", "train_base", "collect_activations", "warm_start", "calibrate_lambda", "train_sae",
-          "tune_theta", "analyze"]
+STAGES = ["prepare_data", "train_base", "collect_activations", "baselines", "warm_start", "calibrate_lambda",
+          "train_sae", "tune_theta", "analyze"]
 
 
 def restore(dest, env):
@@ -53,12 +53,16 @@ def test_repro_outputs_and_clean_status(tiny_project):
     cal = json.loads((dest / "metrics/calibration.json").read_text())
     assert cal["probes"] and all(p["lambda"] > 0 for p in cal["probes"])
     report = json.loads((dest / "data/analysis/feature_report.json").read_text())
-    assert len(report["features"]) == 5
-    for r in report["features"]:
-        for kind in ("grid", "heatmap", "labels", "logits"):
-            assert (dest / f"plots/features/feature_{r['feature']:03d}_{kind}.png").stat().st_size > 100
+    assert len(report["features"]) == 5 and report["select"] == "per_class"
+    latents = json.loads((dest / "data/analysis/latents.json").read_text())["latents"]
+    assert [r["latent"] for r in latents] == list(range(64))  # every latent, dead ones flagged
+    interp = json.loads((dest / "metrics/interpretability.json").read_text())
+    assert {"sae", "random", "neurons", "neurons_p90", "pca", "dense_probe"} <= set(interp)
+    assert set(interp["sae"]["probe"]) == {"1", "2", "5", "10"}
     html = (dest / "plots/dashboard/index.html").read_text()
-    assert all(f'id="feature-{r["feature"]}"' in html for r in report["features"])
+    assert "cdn" not in html.lower() and "http" not in html.replace("http-equiv", "")
+    live = [r["latent"] for r in latents if r["n_test"]]
+    assert all((dest / f"plots/dashboard/img/ex_{u}.png").stat().st_size > 50 for u in live)
 
 
 def test_export_reproduces_project_numbers(tiny_project):
@@ -74,35 +78,58 @@ def test_export_reproduces_project_numbers(tiny_project):
     assert abs((logits.argmax(-1) == y).float().mean().item() - s["recon_acc_jumprelu"]) < 1e-6
 
 
-def _imports(path: Path, package_file: bool) -> set[str]:
-    """sae_pipeline modules imported by one file, read from its import statements."""
+def _module_file(mod: str) -> Path:
+    base = ROOT / "src" / mod.replace(".", "/")
+    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+
+
+def _imports(mod: str) -> set[str]:
+    """sae_pipeline modules that one module (or stage script, given as a path string) imports, relative imports
+    resolved against its own package."""
+    path = Path(mod) if mod.endswith(".py") else _module_file(mod)
+    is_pkg = path.name == "__init__.py"
+    package = [] if mod.endswith(".py") else (mod.split(".") if is_pkg else mod.split(".")[:-1])
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
-            mod = node.module or ""
-            if node.level == 1 and package_file:
-                mod = f"sae_pipeline.{mod}" if mod else "sae_pipeline"
-            if mod == "sae_pipeline":
-                found |= {f"sae_pipeline.{a.name}" for a in node.names}
-            elif mod.startswith("sae_pipeline."):
-                found.add(mod)
+            if node.level:
+                anchor = package[:len(package) - node.level + 1]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            if not base.startswith("sae_pipeline"):
+                continue
+            found.add(base)
+            for a in node.names:  # `from pkg import module` imports the module
+                if _module_file(f"{base}.{a.name}").exists():
+                    found.add(f"{base}.{a.name}")
         elif isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("sae_pipeline.")}
+    # importing a.b.c runs the __init__ of a and a.b too
+    for m in list(found):
+        parts = m.split(".")
+        found |= {".".join(parts[:i]) for i in range(1, len(parts))}
     return found
 
 
-def test_stage_deps_list_exactly_the_library_modules_imported():
+def test_stage_deps_list_exactly_the_library_files_used():
+    """Every library module a stage imports (transitively), plus the data files of the packages it imports
+    (the browser's JS and CSS), and nothing else."""
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     for name, stage in dvc["stages"].items():
-        todo, seen = list(_imports(ROOT / f"stages/{name}.py", False)), set()
+        todo, seen = list(_imports(str(ROOT / f"stages/{name}.py"))), set()
         while todo:
             m = todo.pop()
             if m not in seen:
                 seen.add(m)
-                todo += _imports(ROOT / "src" / (m.replace(".", "/") + ".py"), True)
-        want = {"src/sae_pipeline/__init__.py"} | {f"src/{m.replace('.', '/')}.py" for m in seen}
+                todo += _imports(m)
+        want = {str(_module_file(m).relative_to(ROOT)) for m in seen}
+        for m in seen:
+            if _module_file(m).name == "__init__.py":
+                want |= {str(p.relative_to(ROOT)) for p in _module_file(m).parent.iterdir()
+                         if p.suffix in (".js", ".css")}
         have = {d for d in stage["deps"] if d.startswith("src/")}
-        assert have == want, name
+        assert have == want, (name, sorted(have ^ want))
         assert f"stages/{name}.py" in stage["deps"]
 
 
@@ -122,6 +149,7 @@ INVALIDATION = [
     ({"sae": {"kl_coef": 10.0}}, ["calibrate_lambda", "train_sae", "tune_theta", "analyze"]),
     ({"base": {"hidden_dim": 24}}, STAGES[1:]),
     ({"analysis": {"n_features": 4}}, ["analyze"]),
+    ({"analysis": {"min_count": 12}}, ["baselines", "analyze"]),
     ({"data": {"val_size": 400}}, STAGES),
 ]
 
@@ -130,7 +158,7 @@ INVALIDATION = [
 def test_param_change_reruns_exactly(tiny_project, change, expected):
     dest, env = tiny_project
     set_params(dest / "params.yaml", change)
-    assert reran(run(["dvc", "repro"], dest, env)) == expected
+    assert sorted(reran(run(["dvc", "repro"], dest, env))) == sorted(expected)
     restore(dest, env)
 
 
@@ -154,6 +182,7 @@ BAD_INPUTS = [
     ({"base": {"epochs": "three"}}, "base.epochs must be an integer (got 'three')"),
     ({"sae": {"target_actives": 0}}, "sae.target_actives must be > 0 (got 0)"),
     ({"analysis": {"n_features": 65}}, "analysis.n_features must be <= sae.latents (64) (got 65)"),
+    ({"analysis": {"select": "random"}}, "analysis.select must be one of per_class, purity, frequency"),
     ({"data": {"source": "kaggle"}}, "data.source must be one of pypi, torchvision (got 'kaggle')"),
     ({"data": {"val_size": 2000}}, "data.val_size must be > 0 and < the training-pool size 2000 (got 2000)"),
     ({"base": {"hidden_dim": -3}}, "base.hidden_dim must be > 0 (got -3)"),
@@ -222,9 +251,9 @@ def test_exp_run_metrics_diff_and_plots(tiny_project, tmp_path):
     out = tmp_path / "plots_html"
     run(["dvc", "plots", "show", "-o", str(out)], dest, env)
     page = (out / "index.html").read_text()
-    for needle in ("SAE training curves", "calibration_csv", "confusion_csv", "train_curve_csv", "pareto.png",
-                   "_grid.png", "_heatmap.png", "_labels.png", "_logits.png"):
+    for needle in ("SAE training curves", "calibration_csv", "confusion_csv", "train_curve_csv"):
         assert needle in page, needle
+    assert "ex_" not in page and "feature_0" not in page  # per-latent images stay in the browser, not here
     run(["dvc", "exp", "apply", "tau005"], dest, env)
     assert json.loads((dest / "metrics/summary.json").read_text())["tau"] == 0.05
     restore(dest, env)

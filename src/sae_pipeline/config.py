@@ -167,18 +167,27 @@ class SAEConfig(Section):
         self.check("calib_tolerance", 0 < self.calib_tolerance < 1, "between 0 and 1")
 
 
+SELECT_RULES = ("per_class", "purity", "frequency")
+
+
 @dataclass
 class AnalysisConfig(Section):
     _name = "analysis"
-    n_features: int = 50  # analyse this many live features, most frequent first
-    top_k: int = 16  # top-activating test examples per feature
-    n_intervention: int = 256  # fixed sample of inputs (where the feature is off) for the intervention
-    high_purity: float = 0.8  # purity at or above this counts as high for hypotheses and label coverage
+    select: str = "per_class"  # which latents feature_report.json shows, see analysis/select.py
+    n_features: int = 50  # how many latents feature_report.json shows (every latent is in latents.csv)
+    top_k: int = 16  # top-activating test examples per latent
+    n_intervention: int = 256  # random inputs (where the latent is off) it is added to in the intervention
+    min_count: int = 20  # firings a unit needs before its purity counts (metrics) or it gets a hypothesis
+    max_classes: int = 3  # largest digit set a hypothesis may name
+    high_purity: float = 0.8  # purity at or above this counts as high in the interpretability metrics
 
     def validate(self) -> None:
+        self.check("select", self.select in SELECT_RULES, "one of " + ", ".join(SELECT_RULES))
         self.check("n_features", self.n_features > 0, "> 0")
         self.check("top_k", self.top_k > 0, "> 0")
         self.check("n_intervention", self.n_intervention > 0, "> 0")
+        self.check("min_count", self.min_count > 0, "> 0")
+        self.check("max_classes", 1 <= self.max_classes <= 9, "between 1 and 9")
         self.check("high_purity", 0 < self.high_purity <= 1, "in (0, 1]")
 
 

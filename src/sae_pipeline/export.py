@@ -66,6 +66,20 @@ def load_export(out_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return json.loads((out_dir / CONFIG).read_text()), load_file(str(out_dir / WEIGHTS))
 
 
+def sae_from_export(out_dir: str | Path) -> SAE:
+    """The export as this project's ``SAE`` on raw hidden activations (identity normaliser), so that analysis
+    measures exactly what a SAELens user loads, through the same ``SAE.encode``."""
+    cfg, w = load_export(out_dir)
+    if cfg["architecture"] == "topk":
+        sae = SAE(cfg["d_in"], cfg["d_sae"], "topk", k=cfg["k"])
+    else:
+        sae = SAE(cfg["d_in"], cfg["d_sae"], "jumprelu")
+    state = {k: w[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
+    state["threshold"] = w.get("threshold", torch.zeros(cfg["d_sae"]))
+    sae.load_state_dict(state)
+    return sae.eval()
+
+
 def export_encode(cfg: dict, w: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
     """SAELens's JumpReLU/TopK encode on raw activations, written from its documented semantics."""
     pre = h @ w["W_enc"] + w["b_enc"]

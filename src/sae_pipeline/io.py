@@ -17,15 +17,25 @@ from typing import Any, Iterator
 import numpy as np
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temp path beside ``path``; on success it replaces ``path``, on error it is removed."""
+    """Yield a temp path beside ``path``; on success it replaces ``path``, on error it is removed.
+
+    mkstemp creates its file mode 0600; the output gets what a plain ``open()`` would give (0666 minus the
+    user's umask), so a shared or served result stays readable by others."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -93,6 +103,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         yield tmp
+        mask = _umask()
+        for p in [tmp, *tmp.rglob("*")]:  # mkdtemp's 0700, like mkstemp's 0600, is not what the user asked for
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
         old = None
         if path.exists():
             old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old."))

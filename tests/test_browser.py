@@ -1,0 +1,124 @@
+"""The feature browser in real headless Chromium, opened from file:// with no network: sorting and filtering
+change the rows a person sees, every card's images load, and each card agrees with the table and latents.csv."""
+import csv
+import io
+import os
+import shutil
+import tempfile
+import time
+
+import pytest
+from PIL import Image
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        if os.environ.get("CI"):
+            pytest.fail("chromium/chromium-driver missing: .ci/run must apt-get install them")
+        pytest.skip("Debian chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+                 f"--user-data-dir={profile}", "--window-size=1400,1400"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def visible_ids(b):
+    return b.execute_script("return Array.from(document.querySelectorAll('#latents tbody tr')).map(r => +r.dataset.id)")
+
+
+def column(b, key):
+    return b.execute_script(
+        f"return Array.from(document.querySelectorAll('#latents tbody td[data-key=\"{key}\"]')).map(td => td.textContent)")
+
+
+def test_browser_sorts_filters_and_cards_agree(tiny_project, browser, tmp_path):
+    dest, _ = tiny_project
+    page = dest / "plots/dashboard/index.html"
+    rows = {int(r["latent"]): r for r in csv.DictReader(open(dest / "data/analysis/latents.csv"))}
+    live = [u for u, r in rows.items() if r["dead"] == "False"]
+    browser.get(page.as_uri())
+    assert browser.execute_script("return document.body.dataset.ready") == "1"
+    assert sorted(visible_ids(browser)) == sorted(live)  # default filter: every live latent, dead ones hidden
+
+    # sorting: click "firing rate" -> descending rates; click again -> ascending; the row order changes
+    before = visible_ids(browser)
+    browser.find_element("css selector", '#latents th[data-key="rate"]').click()
+    desc = visible_ids(browser)
+    rates = [float(rows[u]["firing_rate"]) for u in desc]
+    assert rates == sorted(rates, reverse=True) and desc != before
+    browser.find_element("css selector", '#latents th[data-key="rate"]').click()
+    asc = [float(rows[u]["firing_rate"]) for u in visible_ids(browser)]
+    assert asc == sorted(asc)
+
+    # filtering: a digit keeps exactly the latents whose hypothesis names it (or, without one, whose mode it is)
+    digit = next(int(r["hypothesis_classes"].split()[0]) for r in rows.values() if r["hypothesis_classes"])
+    browser.execute_script(f"const s = document.getElementById('f-class'); s.value = '{digit}';"
+                           "s.dispatchEvent(new Event('input'))")
+    want = {u for u in live if str(digit) in rows[u]["hypothesis_classes"].split()
+            or (not rows[u]["hypothesis_classes"] and int(rows[u]["n_test"]) and int(rows[u]["mode_label"]) == digit)}
+    assert set(visible_ids(browser)) == want and 0 < len(want) < len(live)
+    browser.execute_script("const s = document.getElementById('f-class'); s.value = '';"
+                           "s.dispatchEvent(new Event('input'));"
+                           "const g = document.getElementById('f-grade'); g.value = 'none'; g.dispatchEvent(new Event('input'))")
+    assert set(visible_ids(browser)) == {u for u in live if rows[u]["grade"] == "none"}
+    browser.execute_script("const g = document.getElementById('f-grade'); g.value = '';"
+                           "g.dispatchEvent(new Event('input'));"
+                           "const q = document.getElementById('f-search'); q.value = String(arguments[0]);"
+                           "q.dispatchEvent(new Event('input'))", live[0])
+    assert visible_ids(browser) == [live[0]]
+    browser.execute_script("const q = document.getElementById('f-search'); q.value = ''; q.dispatchEvent(new Event('input'))")
+
+    # every live latent's card: its images load, and its numbers agree with the table row and the CSV
+    for u in live:
+        browser.execute_script(f"location.hash = 'latent-{u}'")
+        card = browser.execute_script(
+            "const c = document.getElementById('card'); const f = k => (c.querySelector(`[data-field=${k}]`) || {}).textContent;"
+            "return {id: c.dataset.latent, n: f('n'), rate: f('rate'), grade: f('grade'), classes: f('classes'),"
+            " purity: f('purity')}")
+        assert card["id"] == str(u)
+        r = rows[u]
+        assert card["n"] == r["n_test"] and card["grade"] == r["grade"]
+        assert card["classes"] == (", ".join(r["hypothesis_classes"].split()) or "–")
+        assert card["rate"] == f"{100 * float(r['firing_rate']):.2f}%"
+        assert f"{float(r['purity']):.2f}" in card["purity"]
+        cells = browser.execute_script(
+            f"const tr = document.querySelector('#latents tr[data-id=\"{u}\"]');"
+            "return tr ? Object.fromEntries(Array.from(tr.cells).map(td => [td.dataset.key, td.textContent])) : null")
+        assert cells["n"] == card["n"] and cells["rate"] == card["rate"] and cells["grade"] == card["grade"]
+        if int(r["n_test"]):
+            browser.execute_script("document.querySelectorAll('#card img').forEach(i => i.loading = 'eager')")
+            imgs = browser.execute_script(
+                "return Array.from(document.querySelectorAll('#card img')).map(i => [i.getAttribute('src'), i.complete])")
+            assert len(imgs) == 2, imgs
+            for _ in range(50):
+                ok = browser.execute_script(
+                    "return Array.from(document.querySelectorAll('#card img')).every(i => i.complete && i.naturalWidth > 0)")
+                if ok:
+                    break
+                time.sleep(0.1)
+            assert ok, imgs
+            n_caps = browser.execute_script("return document.querySelectorAll('#card .cap').length")
+            assert n_caps >= min(int(r["n_test"]), 1)
+            assert browser.execute_script("return document.querySelectorAll('#card svg.chart').length") == 3
+    # the per-digit view and the baselines panel are there
+    assert browser.execute_script("return document.querySelectorAll('#digits .digit').length") == 10
+    assert "neurons" in browser.execute_script("return document.getElementById('summary-body').textContent")
+    png = browser.get_screenshot_as_png()
+    (tmp_path / "browser.png").write_bytes(png)
+    img = Image.open(io.BytesIO(png)).convert("L")
+    lo, hi = img.getextrema()
+    assert hi - lo > 100 and len(img.getcolors(maxcolors=1 << 16) or []) > 20  # not blank

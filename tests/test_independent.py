@@ -1,0 +1,77 @@
+"""The interpretability metrics recomputed from the SAELens export with no project code: numpy, safetensors and
+scikit-learn only, from the definitions in the README. This is the check another implementation would run."""
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+Z = 1.959964
+
+
+def wilson(k, n):
+    p = k / n
+    den = 1 + Z * Z / n
+    c = (p + Z * Z / (2 * n)) / den
+    h = Z * np.sqrt(p * (1 - p) / n + Z * Z / (4 * n * n)) / den
+    return max(c - h, 0.0), min(c + h, 1.0)
+
+
+def test_metrics_reproduce_from_the_export(tiny_project):
+    dest, _ = tiny_project
+    w = load_file(str(dest / "data/sae/saelens/sae_weights.safetensors"))
+    acts, data = np.load(dest / "data/activations/acts.npz"), np.load(dest / "data/prepared/mnist.npz")
+    interp = json.loads((dest / "metrics/interpretability.json").read_text())
+    table = {r["latent"]: r for r in json.loads((dest / "data/analysis/latents.json").read_text())["latents"]}
+    min_count, high = interp["min_count"], interp["high_purity"]
+
+    def encode(h):
+        pre = h.astype(np.float64) @ w["W_enc"].astype(np.float64) + w["b_enc"]
+        return pre * (pre > w["threshold"])
+
+    f = {s: encode(acts[f"h_{s}"]) for s in ("train", "test")}
+    y = {s: data[f"y_{s}"] for s in ("train", "test")}
+    fires = f["test"] > 0
+    counts = np.stack([fires[y["test"] == c].sum(0) for c in range(10)], axis=1)  # [U, 10]
+    n = counts.sum(1)
+    purity = counts.max(1) / np.maximum(n, 1)
+    counted = n >= min_count
+    pure = counted & (purity >= high)
+    sae = interp["sae"]
+    # float64 here vs float32 in the pipeline can flip a firing right at a threshold: allow a hair of slack
+    assert sae["n_counted"] == counted.sum()
+    assert abs(sae["purity_mean"] - purity[counted].mean()) < 1e-3
+    assert abs(sae["purity_median"] - np.median(purity[counted])) < 1e-3
+    assert sae["n_high_purity"] == pure.sum()
+    assert sae["classes_covered"] == sorted(set(counts.argmax(1)[pure].tolist()))
+    assert abs(sae["inputs_covered"] - fires[:, pure].any(1).mean()) < 1e-3
+    # purity of the top-100 activations
+    tops = []
+    for u in np.flatnonzero(counted):
+        idx = np.argsort(-f["test"][:, u], kind="stable")[:min(100, n[u])]
+        tops.append(np.bincount(y["test"][idx], minlength=10).max() / len(idx))
+    assert abs(sae["top100_purity_mean"] - np.mean(tops)) < 1e-3
+    # the per-latent table: counts, purity and its Wilson interval
+    for u in np.flatnonzero(n):
+        r = table[int(u)]
+        assert r["n_test"] == n[u] and r["label_hist"] == counts[u].tolist()
+        lo, hi = wilson(counts[u].max(), n[u])
+        assert abs(r["purity_lo"] - lo) < 1e-5 and abs(r["purity_hi"] - hi) < 1e-5
+        if r["hypothesis_classes"]:  # held-out precision of "fires => digit in the set"
+            prec = counts[u, r["hypothesis_classes"]].sum() / n[u]
+            assert abs(r["heldout_precision"] - prec) < 1e-5
+    # sparse probing with scikit-learn: top-k by |mean difference| on train, standardised, balanced L2 logistic
+    linear_model = pytest.importorskip("sklearn.linear_model")
+    for k in (1, 2):
+        bal = []
+        for c in range(10):
+            t_tr, t_te = y["train"] == c, y["test"] == c
+            diff = np.abs(f["train"][t_tr].mean(0) - f["train"][~t_tr].mean(0))
+            cols = np.argsort(-diff, kind="stable")[:k]
+            xtr, xte = f["train"][:, cols], f["test"][:, cols]
+            mu, sd = xtr.mean(0), xtr.std(0, ddof=1)
+            sd[sd == 0] = 1
+            clf = linear_model.LogisticRegression(C=1.0, class_weight="balanced", tol=1e-8, max_iter=10000)
+            pred = clf.fit((xtr - mu) / sd, t_tr).predict((xte - mu) / sd).astype(bool)
+            bal.append(0.5 * ((pred & t_te).sum() / t_te.sum() + (~pred & ~t_te).sum() / (~t_te).sum()))
+        assert abs(sae["probe"][str(k)]["balanced_accuracy"] - np.mean(bal)) < 2e-3, k
