@@ -1,6 +1,9 @@
-"""Sparsity-fidelity Pareto plot from `dvc exp show --json`: Δacc and FVU vs L0, one line per SAE arch."""
+"""Sparsity-fidelity Pareto plot from `dvc exp show --json`: FVU, KL and Δacc vs L0, one line per SAE arch.
+
+Reads only the experiments' metrics and params (git refs), so it works in a clone that ran nothing."""
 import argparse
 import json
+import os
 import subprocess
 
 import matplotlib
@@ -25,9 +28,11 @@ def _rows(node, out):
                 out.append({"name": node.get("name") or data.get("name") or node.get("rev"),
                             "rev": data.get("rev", node.get("rev")),
                             "arch": params["sae"]["arch"], "target_actives": params["sae"]["target_actives"],
+                            "recipe": params["sae"].get("recipe", ""),
                             "l0_test": summary["achieved_actives_test"], "delta_acc": summary["delta_acc_jumprelu"],
-                            "fvu": summary["fvu"], "dead_frac": summary["dead_frac"],
-                            "baseline_acc": summary["baseline_acc"]})
+                            "fvu": summary["fvu"], "kl": summary.get("kl_logits"),
+                            "pred_flip_frac": summary.get("pred_flip_frac"), "dead_frac": summary["dead_frac"],
+                            "dense_frac": summary.get("dense_frac"), "baseline_acc": summary["baseline_acc"]})
         for v in node.values():
             if isinstance(v, (list, dict)):
                 _rows(v, out)
@@ -47,14 +52,17 @@ def table(exp_show: list, prefix: str = "") -> pd.DataFrame:
 
 
 def plot(df: pd.DataFrame, path: str) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=100)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=100)
     for arch, g in df.groupby("arch"):
-        axes[0].plot(g["l0_test"], 100 * g["delta_acc"], marker="o", label=arch)
-        axes[1].plot(g["l0_test"], g["fvu"], marker="o", label=arch)
-    axes[0].set(xlabel="L0 (test)", ylabel="Δacc (pp, lower is better)", xscale="log",
-                title="Spliced accuracy loss vs sparsity")
-    axes[1].set(xlabel="L0 (test)", ylabel="FVU (lower is better)", xscale="log", yscale="log",
+        axes[0].plot(g["l0_test"], g["fvu"], marker="o", label=arch)
+        axes[1].plot(g["l0_test"], g["kl"], marker="o", label=arch)
+        axes[2].plot(g["l0_test"], 100 * g["delta_acc"], marker="o", label=arch)
+    axes[0].set(xlabel="L0 (test)", ylabel="FVU (lower is better)", xscale="log", yscale="log",
                 title="Reconstruction vs sparsity")
+    axes[1].set(xlabel="L0 (test)", ylabel="KL(base || spliced), nats", xscale="log", yscale="log",
+                title="Logit fidelity vs sparsity")
+    axes[2].set(xlabel="L0 (test)", ylabel="Δacc (pp; a net count, noisy)", xscale="log",
+                title="Spliced accuracy loss vs sparsity")
     ticks = sorted(df["target_actives"].unique())
     for ax in axes:
         ax.set_xticks(ticks, [str(t) for t in ticks])
@@ -67,8 +75,8 @@ def plot(df: pd.DataFrame, path: str) -> None:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out-png", default="plots/pareto.png")
-    ap.add_argument("--out-csv", default="plots/pareto.csv")
+    ap.add_argument("--out-png", default="docs/pareto.png")
+    ap.add_argument("--out-csv", default="docs/pareto.csv")
     ap.add_argument("--exp-json", help="saved `dvc exp show --json` output; default: run it")
     ap.add_argument("--prefix", default="sweep-", help="only experiments whose name starts with this")
     ap.add_argument("--rev", default="HEAD", help="the commit the experiments were based on")
@@ -81,6 +89,8 @@ def main():
                              check=True)
         data = json.loads(out.stdout)
     df = table(data, args.prefix)
+    for out in (args.out_csv, args.out_png):
+        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     df.to_csv(args.out_csv, index=False, lineterminator="\n")
     plot(df, args.out_png)
     print(df.to_string(index=False))

@@ -1,6 +1,6 @@
 """Seed-to-seed comparison of SAE recipes on the pipeline's own activations, without DVC.
 
-    python bench/seeds.py --seeds 0 1 2 --set arch=topk --set epochs_final=5 ...
+    python bench/seeds.py --seeds 0 1 2 --set arch=topk --set kl_coef=0 ...
 
 Runs the same library calls as the stages (starting_point -> calibrate -> train -> tune_threshold) for each seed
 on data/activations/acts.npz and reports val and test Δacc (spliced into the base model), FVU, L0 and dead
@@ -44,9 +44,11 @@ def run(cfg: SAEConfig, seed: int, acts, model, y_val, y_test) -> dict:
     lam = calibrate(cfg, start, acts.train, acts.val, seed, readout)["lambda"]
     sae, _ = train(cfg, start, acts.train, lam, seed, readout)
     tune_threshold(sae, acts.val, cfg.target_actives)
+    rate = firing_rate(sae, acts.train)
     return {"seed": seed, "lambda": round(lam, 5), "val": spliced(sae, acts, model, acts.val, y_val),
             "test": spliced(sae, acts, model, acts.test, y_test),
-            "dead_frac": round((firing_rate(sae, acts.train) == 0).float().mean().item(), 4),
+            "dead_frac": round((rate == 0).float().mean().item(), 4),
+            "dense_frac": round((rate > 0.1).float().mean().item(), 4),
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -73,8 +75,10 @@ def main():
     mean = lambda split, key: round(statistics.mean(r[split][key] for r in rows), 4)  # noqa: E731
     summary = {"set": args.set, "seeds": args.seeds, "rows": rows,
                "mean": {s: {k: mean(s, k) for k in ("dacc_pp", "flips", "breaks", "fixes", "kl", "fvu", "l0")} for s in ("val", "test")},
-               "mean_dead_frac": round(statistics.mean(r["dead_frac"] for r in rows), 4)}
-    print("MEAN", args.set, json.dumps(summary["mean"]), "dead", summary["mean_dead_frac"])
+               "mean_dead_frac": round(statistics.mean(r["dead_frac"] for r in rows), 4),
+               "mean_dense_frac": round(statistics.mean(r["dense_frac"] for r in rows), 4)}
+    print("MEAN", args.set, json.dumps(summary["mean"]), "dead", summary["mean_dead_frac"], "dense",
+          summary["mean_dense_frac"])
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(summary, fh, indent=2)

@@ -1,6 +1,5 @@
 """Stage analyze: every latent of the exported SAE (evidence, hypothesis, causal effects), the SAE-dependent
 interpretability metrics next to the baselines, the 50-feature report and the feature browser (test split)."""
-import numpy as np
 import torch
 
 from sae_pipeline import base, browser
@@ -8,19 +7,19 @@ from sae_pipeline.analysis.run import analyze_sae
 from sae_pipeline.analysis.table import csv_rows
 from sae_pipeline.config import load_all, read_params
 from sae_pipeline.export import sae_from_export
-from sae_pipeline.io import atomic_dir, load_json, save_csv, save_json, write_text
+from sae_pipeline.io import atomic_dir, load_json, load_npz, load_torch, save_csv, save_json
 from sae_pipeline.runtime import run_stage, setup_torch
 
 
 def main(args):
     cfg = load_all(read_params(args.params))
     setup_torch("cpu")
-    acts, data = np.load(args.acts), np.load(args.data)
+    acts, data = load_npz(args.acts), load_npz(args.data)
     h = {s: torch.from_numpy(acts[f"h_{s}"]) for s in ("train", "val", "test")}
     y = {s: torch.from_numpy(data[f"y_{s}"]) for s in ("train", "val", "test")}
     pixels = torch.from_numpy(data["x_test"])
     card = load_json(args.base_card)
-    model = base.load_model(torch.load(args.base_model, weights_only=True), card)
+    model = base.load_model(load_torch(args.base_model), card)
     res = analyze_sae(sae_from_export(args.sae), model, card, h, y, pixels, cfg["analysis"], cfg["run"].seed)
     baselines = load_json(args.baselines)
     families = {**res.families, **baselines}

@@ -1,15 +1,14 @@
-"""Stage calibrate_lambda: search the sparsity penalty λ for the target L0.
+"""Stage calibrate_lambda: the sparsity penalty λ for the target L0, from short probes (sae_train.calibrate).
 
-The probes start from warm_start's starting point, the very point the final training starts from, so the λ they
-find is the one that holds the target L0 in train_sae.
+The probes start from warm_start's starting point, the very point the final training starts from, and run the
+first epochs of the final training's own schedule, so the λ they find is the one that holds the target L0 in
+train_sae (within a few percent; tune_theta lands it exactly).
 """
-import numpy as np
-import torch
 
 from sae_pipeline import base
 from sae_pipeline.activations import load_acts
 from sae_pipeline.config import load_all, read_params
-from sae_pipeline.io import load_json, save_csv, save_json
+from sae_pipeline.io import load_json, load_npz, load_torch, save_csv, save_json
 from sae_pipeline.runtime import run_stage, setup_torch
 from sae_pipeline.sae import load_sae
 from sae_pipeline.sae_train import Readout, calibrate
@@ -18,9 +17,9 @@ from sae_pipeline.sae_train import Readout, calibrate
 def main(args):
     cfg = load_all(read_params(args.params))
     device = setup_torch(cfg["run"].device)
-    acts = load_acts(np.load(args.acts)).to(device)
-    start = load_sae(torch.load(args.start, weights_only=True)).to(device)
-    model = base.load_model(torch.load(args.base_model, weights_only=True), load_json(args.base_card))
+    acts = load_acts(load_npz(args.acts)).to(device)
+    start = load_sae(load_torch(args.start)).to(device)
+    model = base.load_model(load_torch(args.base_model), load_json(args.base_card))
     readout = Readout.from_model(model.fc2, acts.shift, acts.scale).to(device)
     sae_cfg = cfg["sae"]
     result = {"arch": sae_cfg.arch, "target_actives": sae_cfg.target_actives,

@@ -1,17 +1,16 @@
 """Stage train_base: the 784 -> hidden -> 10 classifier, its model card, metrics and plots."""
-import numpy as np
 import torch
 
 from sae_pipeline import base
 from sae_pipeline.config import load_all, read_params
-from sae_pipeline.io import save_csv, save_json, save_torch
+from sae_pipeline.io import load_npz, save_csv, save_json, save_torch
 from sae_pipeline.runtime import run_stage, setup_torch
 
 
 def main(args):
     cfg = load_all(read_params(args.params))
     device = setup_torch(cfg["run"].device)
-    data = np.load(args.data)
+    data = load_npz(args.data)
     mean, std = float(data["x_train"].mean() / 255), float(data["x_train"].std() / 255)
     prep = lambda split: base.preprocess(data[f"x_{split}"], mean, std)  # noqa: E731
     label = lambda split: torch.from_numpy(data[f"y_{split}"])  # noqa: E731

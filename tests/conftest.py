@@ -1,7 +1,9 @@
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 TINY = {
     "data": {"limit": 2000, "val_size": 500},
     "base": {"epochs": 3, "hidden_dim": 32, "batch_size": 32},
-    "sae": {"latents": 64, "target_actives": 8, "warmstart_epochs": 2, "epochs_final": 1, "calib_probes": 2,
+    "sae": {"latents": 64, "target_actives": 8, "epochs": 3, "warmstart_epochs": 2, "calib_probes": 2,
             "calib_epochs": 0.5, "dead_steps": 50},
     "analysis": {"n_features": 5, "top_k": 4, "n_intervention": 32, "min_count": 10},
 }
@@ -47,6 +49,12 @@ def run(cmd, cwd, env=None, check=True, timeout=600):
     return proc
 
 
+def snapshot(dest: Path) -> dict[str, str]:
+    """sha256 of every output a failed run must leave alone: all of data/, metrics/ and plots/, and dvc.lock."""
+    files = [dest / "dvc.lock", *(p for d in ("data", "metrics", "plots") for p in (dest / d).rglob("*") if p.is_file())]
+    return {str(p.relative_to(dest)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
 def make_project(dest: Path, wheel: Path, overrides: dict | None = None) -> tuple[Path, dict]:
     """Copy the project (code, DVC config, params) into a fresh git repo with the tiny configuration."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -63,6 +71,8 @@ def make_project(dest: Path, wheel: Path, overrides: dict | None = None) -> tupl
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env["SAE_PIPELINE_MNIST_WHEEL"] = str(wheel)
     run("git init -q && git config user.email t@t && git config user.name t && dvc init -q", dest, env)
+    shutil.copy(ROOT / ".dvc/config", dest / ".dvc/config")  # the offline page for `dvc plots show`
+    shutil.copytree(ROOT / ".dvc/plots", dest / ".dvc/plots")
     run("git add -A && git commit -qm init", dest, env)
     return dest, env
 
@@ -74,3 +84,76 @@ def tiny_project(tmp_path_factory, mnist_wheel):
     run(["dvc", "repro"], dest, env)
     run("git add -A && git commit -qm repro", dest, env)
     return dest, env
+
+
+class SSHServer:
+    """A real OpenSSH server on localhost with a throwaway host key and user key (tests/test_remote.py)."""
+
+    def __init__(self, root: Path):
+        import getpass
+        import socket
+
+        self.root, self.user = root, getpass.getuser()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        for name in ("host_key", "id", "wrong_id"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name)], check=True)
+        (root / "authorized_keys").write_text((root / "id.pub").read_text())
+        self.keyfile, self.wrong_keyfile = root / "id", root / "wrong_id"
+        self.home = root / "home"  # HOME of the clients: its known_hosts trusts this server's host key
+        (self.home / ".ssh").mkdir(parents=True)
+        host_key = " ".join((root / "host_key.pub").read_text().split()[:2])
+        (self.home / ".ssh/known_hosts").write_text(f"[127.0.0.1]:{self.port} {host_key}\n")
+        (root / "sshd_config").write_text(
+            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {root / 'host_key'}\n"
+            f"AuthorizedKeysFile {root / 'authorized_keys'}\nPidFile {root / 'sshd.pid'}\nStrictModes no\n"
+            "UsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
+            "PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\nLogLevel ERROR\n")
+        self.proc = None
+        self.start()
+
+    def start(self):
+        import socket
+
+        Path("/run/sshd").mkdir(exist_ok=True) if os.geteuid() == 0 else None  # privilege separation dir
+        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(self.root / "sshd_config")],
+                                     stderr=open(self.root / "sshd.log", "a"))
+        for _ in range(100):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"sshd did not start: {(self.root / 'sshd.log').read_text()[-1000:]}")
+
+    def stop(self):
+        """Stop the listener and every session it spawned (a transfer in flight is cut)."""
+        subprocess.run(["pkill", "-f", f"sshd: {self.user}"], check=False)  # the session processes
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait()
+            self.proc = None
+
+    def url(self, path: Path) -> str:
+        return f"ssh://{self.user}@127.0.0.1:{self.port}{path}"
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    if not os.path.exists("/usr/sbin/sshd"):
+        if os.environ.get("CI"):
+            pytest.fail("openssh-server missing: .ci/run must apt-get install it")
+        pytest.skip("Debian openssh-server is not installed (apt-get install openssh-server)")
+    server = SSHServer(tmp_path_factory.mktemp("sshd"))
+    yield server
+    server.stop()
+
+
+def with_remote(dest: Path, env: dict, sshd: SSHServer, path: Path, name: str = "storage") -> dict:
+    """Point a clone at the SSH remote (``--local``: the key path is this machine's), return its env."""
+    env = dict(env, HOME=str(sshd.home), GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t")
+    run(["dvc", "remote", "add", "--local", "-f", "-d", name, sshd.url(path)], dest, env)
+    run(["dvc", "remote", "modify", "--local", name, "keyfile", str(sshd.keyfile)], dest, env)
+    run(["dvc", "remote", "modify", "--local", name, "timeout", "30"], dest, env)
+    return env

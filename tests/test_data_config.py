@@ -69,7 +69,7 @@ def test_pypi_source_gives_full_mnist(mnist_wheel, monkeypatch):
 
 BAD = [
     ({"sae": {"tau": -0.1}}, "sae.tau must be > 0"),
-    ({"sae": {"latents": 10, "target_actives": 20}}, "sae.latents must be > sae.target_actives"),
+    ({"sae": {"latents": 10, "target_actives": 20}}, "sae.target_actives (20) must be < sae.latents (10)"),
     ({"base": {"ffn_type": "swish"}}, "base.ffn_type must be one of relu, geglu"),
     ({"base": {"epochs": "three"}}, "base.epochs must be an integer (got 'three')"),
     ({"sae": {"target_actives": 0}}, "sae.target_actives must be > 0"),
@@ -92,4 +92,19 @@ def test_bad_params_name_key_value_and_allowed(override, message):
 
 def test_defaults_are_valid():
     cfg = load_all({})
-    assert cfg["sae"].tau == 0.1 and cfg["sae"].latents == 512 and cfg["data"].val_size == 5000
+    assert cfg["sae"].tau == 0.2 and cfg["sae"].latents == 512 and cfg["data"].val_size == 5000
+
+
+def test_device_selection_as_far_as_a_cpu_allows(monkeypatch):
+    """auto picks CUDA exactly when torch sees it; cuda without it is a ConfigError (check_params reports it)."""
+    import torch
+
+    from sae_pipeline.runtime import setup_torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert setup_torch("auto").type == "cpu" and setup_torch("cpu").type == "cpu"
+    with pytest.raises(ConfigError, match="device must be auto or cpu on a machine without CUDA"):
+        setup_torch("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert setup_torch("auto").type == "cuda"  # (nothing is allocated: only the choice is made here)
+    assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") == ":4096:8"  # cuBLAS determinism, set with CUDA

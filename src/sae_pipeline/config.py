@@ -119,45 +119,60 @@ class ActivationsConfig(Section):
 
 
 ARCHS = ("jumprelu", "topk", "relu_l1")
+RECIPES = ("scratch", "warmstart")
 
 
 @dataclass
 class SAEConfig(Section):
     _name = "sae"
     arch: str = "jumprelu"  # jumprelu (default), or the baselines topk and relu_l1
+    recipe: str = "scratch"  # jumprelu: scratch (STE for all epochs) | warmstart (TopK warm start + STE fine-tune)
     latents: int = 512
     target_actives: int = 20  # target L0 on the validation split
-    tau: float = 0.1  # STE bandwidth epsilon of the JumpReLU pseudo-derivatives (paper eq. 11-12)
-    lr: float = 4e-3  # TopK warm start (and topk/relu_l1): at this scale epochs are scarce, so a high lr
-    ste_lr: float = 5e-4  # jumprelu: learning rate of the STE phase that follows the warm start
+    epochs: int = 18  # training epochs in all, for every arch and recipe
     batch_size: int = 256
-    warmstart_epochs: int = 15  # jumprelu: TopK(k=target) epochs before the STE phase; 0 = from scratch
-    epochs_final: int = 3  # jumprelu: STE epochs; topk and relu_l1 train warmstart_epochs + epochs_final
-    theta_init: float = 0.5  # jumprelu from scratch: initial threshold
-    kl_coef: float = 100.0  # weight of KL(base || spliced logits) in the last epochs_final epochs, see sae_train
-    aux_k_coef: float = 1 / 32  # AuxK dead-latent loss weight (Gao et al. 2024, sec. A.2)
-    dead_steps: int = 500  # a latent that has not fired for this many steps counts as dead for AuxK
-    lambda_min: float = 1e-4  # log-uniform search bracket for the sparsity penalty
+    lr: float = 4e-3  # at this scale epochs are scarce, so a high lr (docs/recipes.md)
+    tau: float = 0.2  # STE bandwidth epsilon of the JumpReLU pseudo-derivatives (paper eq. 11-12)
+    theta_init: float = 0.01  # jumprelu from scratch: initial threshold (SAELens's GDM-mode default)
+    lambda_init: float = 0.2  # jumprelu from scratch: λ of the first calibration probe at L0 20 (see calibrate)
+    preact_coef: float = 3.0  # jumprelu from scratch: pre-activation loss on latents silent for revive_after steps
+    revive_after: int = 50  # steps without firing after which the pre-activation loss acts on a latent
+    kl_coef: float = 10.0  # weight of KL(base || spliced logits) in the last kl_epochs epochs, see sae_train
+    kl_epochs: int = 3  # the KL+MSE fine-tune window at the end of training
+    warmstart_epochs: int = 15  # recipe warmstart: TopK(k=target) epochs before the STE phase
+    ste_lr: float = 5e-4  # recipe warmstart: learning rate of the STE phase that follows the warm start
+    aux_k_coef: float = 1 / 32  # AuxK dead-latent loss weight for topk (Gao et al. 2024, sec. A.2)
+    dead_steps: int = 500  # a latent that has not fired for this many steps counts as dead (AuxK, curves)
+    lambda_min: float = 1e-4  # search bracket for the sparsity penalty
     lambda_max: float = 10.0
-    calib_probes: int = 8  # at most this many short trainings in calibrate_lambda
-    calib_epochs: float = 1.0  # length of one probe after a warm start (from scratch a probe is a full run)
+    calib_probes: int = 8  # at most this many probes in calibrate_lambda
+    calib_epochs: float = 6.0  # length of one probe (warmstart: at most the STE phase; relu_l1: a full run)
     calib_tolerance: float = 0.05  # stop when the val L0 is within this fraction of the target
 
     def validate(self) -> None:
         self.check("arch", self.arch in ARCHS, "one of " + ", ".join(ARCHS))
+        self.check("recipe", self.recipe in RECIPES, "one of " + ", ".join(RECIPES))
         self.check("target_actives", self.target_actives > 0, "> 0")
-        self.check("latents", self.latents > self.target_actives,
-                   f"> sae.target_actives ({self.target_actives})")
-        self.check("tau", self.tau > 0, "> 0")
-        self.check("lr", self.lr > 0, "> 0")
-        self.check("ste_lr", self.ste_lr > 0, "> 0")
+        if self.latents <= self.target_actives:
+            raise ConfigError(f"sae.target_actives ({self.target_actives}) must be < sae.latents ({self.latents}): "
+                              "lower one or raise the other")
+        self.check("epochs", self.epochs > 0, "> 0")
         self.check("batch_size", self.batch_size > 0, "> 0")
-        self.check("warmstart_epochs", self.warmstart_epochs >= 0, ">= 0")
-        self.check("epochs_final", self.epochs_final >= 0, ">= 0")
-        self.check("epochs_final", self.warmstart_epochs + self.epochs_final > 0,
-                   "> 0 when sae.warmstart_epochs is 0")
+        self.check("lr", self.lr > 0, "> 0")
+        self.check("tau", self.tau > 0, "> 0")
         self.check("theta_init", self.theta_init > 0, "> 0")
+        self.check("lambda_init", self.lambda_init > 0, "> 0")
+        self.check("preact_coef", self.preact_coef >= 0, ">= 0")
+        self.check("revive_after", self.revive_after > 0, "> 0")
         self.check("kl_coef", self.kl_coef >= 0, ">= 0")
+        self.check("kl_epochs", self.kl_epochs >= 0, ">= 0")
+        if self.kl_coef > 0:
+            self.check("kl_epochs", self.kl_epochs <= self.epochs, f"<= sae.epochs ({self.epochs}) when kl_coef > 0")
+        self.check("warmstart_epochs", self.warmstart_epochs >= 0, ">= 0")
+        if self.arch == "jumprelu" and self.recipe == "warmstart":
+            self.check("warmstart_epochs", self.warmstart_epochs < self.epochs,
+                       f"< sae.epochs ({self.epochs}) with sae.recipe=warmstart")
+        self.check("ste_lr", self.ste_lr > 0, "> 0")
         self.check("aux_k_coef", self.aux_k_coef >= 0, ">= 0")
         self.check("dead_steps", self.dead_steps > 0, "> 0")
         self.check("lambda_min", self.lambda_min > 0, "> 0")
@@ -201,11 +216,52 @@ SECTIONS = {
 
 
 def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:
-    with open(path) as f:
-        params = yaml.safe_load(f) or {}
+    """The params file as a dict; an unreadable, malformed or empty file is a ConfigError naming it."""
+    try:
+        with open(path) as f:
+            params = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"{path} cannot be read ({e.strerror}); restore it with `git checkout {path}`")
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where else ""
+        raise ConfigError(f"{path} is not valid YAML{at}; fix it or restore it with `git checkout {path}`")
+    if params is None:
+        raise ConfigError(f"{path} is empty; restore it with `git checkout {path}`")
     if not isinstance(params, dict):
         raise ConfigError(f"{path} must hold a mapping of sections (got {type(params).__name__})")
     return params
+
+
+def require_every_key(params: dict[str, Any], path: str | Path = "params.yaml") -> None:
+    """DVC tracks params per key: a missing key makes a stage fail (or rerun) on DVC's side, after earlier stages
+    have already replaced their outputs. So the whole file must spell out every key."""
+    for name in ("seed", "device"):
+        if name not in params:
+            raise ConfigError(f"{name} is missing from {path}; add it back (default {getattr(RunConfig(), name)!r})"
+                              f" or restore the file with `git checkout {path}`")
+    for name, cls in SECTIONS.items():
+        section = params.get(name)
+        if not isinstance(section, dict):
+            raise ConfigError(f"section {name} is missing from {path}; restore it with `git checkout {path}`")
+        for f in fields(cls):
+            if f.name not in section:
+                raise ConfigError(f"{name}.{f.name} is missing from {path}; add it back (default "
+                                  f"{getattr(cls(), f.name)!r}) or restore the file with `git checkout {path}`")
+
+
+def check_params_file(path: str | Path = "params.yaml") -> dict[str, Section]:
+    """What the check_params stage runs before any other stage: every key present, no unknown key, every value
+    valid on its own and with the others, and a device that exists here."""
+    params = read_params(path)
+    require_every_key(params, path)
+    cfg = load_all(params)
+    if cfg["run"].device == "cuda":
+        import torch  # only here: the check stays cheap for every other setting
+
+        if not torch.cuda.is_available():
+            raise ConfigError("device must be auto or cpu on a machine without CUDA (got 'cuda')")
+    return cfg
 
 
 def load_section(params: dict[str, Any], name: str):
@@ -233,4 +289,7 @@ def load_all(params: dict[str, Any]) -> dict[str, Section]:
     sae, an = cfg["sae"], cfg["analysis"]
     _check(an.n_features <= sae.latents, "analysis.n_features", an.n_features,
            f"<= sae.latents ({sae.latents})")
+    limit = cfg["data"].limit or N_TRAIN_POOL
+    _check(sae.batch_size <= limit - cfg["data"].val_size, "sae.batch_size", sae.batch_size,
+           f"<= the training split ({limit - cfg['data'].val_size} images)")
     return cfg

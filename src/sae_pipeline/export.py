@@ -61,9 +61,15 @@ def export(sae: SAE, shift: torch.Tensor, scale: torch.Tensor, out_dir: str | Pa
 
 
 def load_export(out_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Plain loading with safetensors, no SAELens: (cfg, weights)."""
+    """Plain loading with safetensors, no SAELens: (cfg, weights). A broken export is a one-line StageError."""
     out_dir = Path(out_dir)
-    return json.loads((out_dir / CONFIG).read_text()), load_file(str(out_dir / WEIGHTS))
+    try:
+        return json.loads((out_dir / CONFIG).read_text()), load_file(str(out_dir / WEIGHTS))
+    except Exception as e:  # noqa: BLE001 - OSError, JSONDecodeError, SafetensorError: all "unreadable"
+        from .runtime import StageError
+
+        raise StageError(f"{out_dir} is not a readable SAELens export ({type(e).__name__}); restore it with "
+                         f"`dvc checkout {out_dir}` or rebuild it with `dvc repro`") from None
 
 
 def sae_from_export(out_dir: str | Path) -> SAE:

@@ -65,9 +65,40 @@ def save_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
 
 
+def _unreadable(path, e: Exception) -> Exception:
+    from .runtime import StageError
+
+    return StageError(f"{path} is unreadable ({type(e).__name__}): it is missing, truncated or corrupt. Restore it "
+                      f"with `dvc checkout {path}`, or rebuild it with `dvc repro`")
+
+
 def load_json(path: str | Path) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise _unreadable(path, e) from None
+
+
+def load_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz, read eagerly, so that a truncated member fails here with a message naming the file
+    (numpy raises zipfile.BadZipFile, zlib.error, EOFError or ValueError, depending on where the cut is)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:  # noqa: BLE001 - any failure to read the file is the same user error, reported once
+        raise _unreadable(path, e) from None
+
+
+def load_torch(path: str | Path) -> Any:
+    """``torch.load(weights_only=True)``; a corrupt file is a one-line error (never torch's advice to load it with
+    weights_only=False, which would execute whatever the file contains)."""
+    import torch
+
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError, OSError: all "unreadable"
+        raise _unreadable(path, e) from None
 
 
 def save_npz(path: str | Path, **arrays: np.ndarray) -> None:

@@ -52,6 +52,12 @@ def cosine_lr(step: int, total: int, warmup: int = 20) -> float:
     return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / total))
 
 
+def linear_tail_lr(step: int, total: int, tail: float = 0.2) -> float:
+    """Multiplier: 1, then a linear decay to 0 over the last ``tail`` of the steps (SAELens's lr_decay_steps)."""
+    start = total * (1 - tail)
+    return 1.0 if step < start else max(0.0, (total - step) / max(total - start, 1))
+
+
 def one_cycle_lr(step: int, total: int, pct_start: float = 0.3, div: float = 25.0, final_div: float = 1e4) -> float:
     """Multiplier of the one-cycle policy (Smith 2018), cosine in both phases as torch's OneCycleLR:
     from 1/div up to 1 over the first ``pct_start`` of the steps, then down to 1/(div*final_div)."""

@@ -68,3 +68,6 @@ def run_stage(main: Callable[[argparse.Namespace], None], *args: str) -> None:
     except StageError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except PermissionError as e:
+        print(f"error: cannot write {e.filename}: {e.strerror}; make its folder writable and rerun", file=sys.stderr)
+        sys.exit(1)

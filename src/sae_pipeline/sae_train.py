@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -11,22 +12,43 @@ from tqdm import tqdm
 
 from .config import SAEConfig
 from .metrics import fvu, kl_div_logits, l0
-from .optim import Adam, cosine_lr
+from .optim import Adam, cosine_lr, linear_tail_lr
 from .runtime import generator
 from .sae import SAE, jumprelu_backward, jumprelu_forward, topk_relu
 
 LOG_EVERY = 25  # steps between rows of the training-curve plot
 
 
+# The from-scratch JumpReLU recipe (sae.recipe=scratch) follows SAELens's JumpReLU training (its "step" sparsity
+# mode, after Rajamanoharan et al. 2024), with what measurably helped here (docs/recipes.md): λ ramps up linearly
+# over the first 10% of steps (SAELens l0_warm_up_steps), the lr decays linearly to 0 over the last 20% (SAELens
+# lr_decay_steps), gradients are clipped to norm 1 (SAELens), Adam works on log θ (SAELens's log_threshold), and
+# decoder rows are free, starting at unit norm. Constants here were not worth a param (all measured in the notes).
+LAMBDA_WARMUP = 0.1  # fraction of the steps over which λ ramps up from 0
+LR_DECAY_TAIL = 0.2  # fraction of the steps over which the lr decays linearly to 0
+GRAD_CLIP = 1.0  # clip the global gradient norm to this
+# L0 after training falls with λ as L0 ∝ λ^-0.63 (measured: λ 0.2 -> 21.0, λ 1.0 -> 7.6, 18 epochs, L0 20 SAE);
+# calibrate_lambda starts from this law and corrects along it (sae_train.calibrate).
+L0_EXPONENT = 0.63
+
+
 @dataclass
 class Phase:
     activation: str  # topk | jumprelu | relu
-    epochs: float
+    epochs: float  # epochs this phase runs
     lam: float = 0.0  # sparsity penalty: λ·L0 for jumprelu, λ·L1 for relu, unused for topk
     name: str = ""
     lr: float | None = None  # None = sae.lr
     kl_coef: float = 0.0  # weight of KL(base || spliced logits), needs a Readout
     kl_epochs: float | None = None  # the KL term acts in this many final epochs of the phase; None = all of it
+    horizon: float | None = None  # schedules (lr, λ warm-up) are laid over this many epochs; None = epochs.
+    #                               A λ probe runs the first epochs of the final phase's schedule this way.
+    schedule: str = "cosine"  # cosine (warm-up, cosine decay) | linear_tail (constant, linear decay at the end)
+    lam_warmup: float = 0.0  # fraction of the horizon over which λ ramps up from 0
+    preact_coef: float = 0.0  # pre-activation loss on latents silent for sae.revive_after steps (jumprelu)
+    grad_clip: float = 0.0  # 0 = no clipping
+    unit_decoder: bool = True  # renormalise decoder rows to unit norm after every step
+    log_theta: bool = False  # Adam on log θ instead of θ (jumprelu)
 
 
 @dataclass
@@ -105,35 +127,54 @@ def batches(x: torch.Tensor, batch_size: int, steps: int, gen: torch.Generator):
 
 def run_phase(sae: SAE, x: torch.Tensor, phase: Phase, cfg: SAEConfig, gen: torch.Generator,
               history: list[dict] | None = None, desc: str = "", readout: Readout | None = None) -> None:
-    """One optimisation phase: Adam, cosine schedule, unit-norm decoder rows, θ kept positive."""
+    """One optimisation phase: Adam, the phase's lr schedule and λ warm-up, θ kept positive."""
     sae.activation = phase.activation
     if phase.activation == "jumprelu":
         sae.bandwidth = cfg.tau  # ε of the STE; only the JumpReLU's backward reads it
-    steps = max(1, round(phase.epochs * len(x) / cfg.batch_size))
-    opt, lr = Adam(sae.parameters()), phase.lr or cfg.lr
+    per_epoch = len(x) / cfg.batch_size
+    steps = max(1, round(phase.epochs * per_epoch))
+    horizon = max(steps, round((phase.horizon or phase.epochs) * per_epoch))
+    warm_steps = max(1, round(phase.lam_warmup * horizon))
+    log_t = sae.threshold.detach().clamp_min(1e-6).log().requires_grad_(True) if phase.log_theta else None
+    params = [p for n, p in sae.named_parameters() if not (log_t is not None and n == "threshold")]
+    opt, lr = Adam(params + ([log_t] if log_t is not None else [])), phase.lr or cfg.lr
+    schedule = cosine_lr if phase.schedule == "cosine" else (lambda i, n: linear_tail_lr(i, n, LR_DECAY_TAIL))
     since_fired = torch.zeros(sae.d_sae, dtype=torch.long, device=x.device)
     use_aux = phase.activation == "topk" and cfg.aux_k_coef > 0
     step0 = history[-1]["step"] if history else 0
     if phase.kl_coef > 0 and readout is None:
         raise ValueError(f"phase {phase.name} has kl_coef {phase.kl_coef} but no readout")
-    kl_start = steps - round(phase.kl_epochs * len(x) / cfg.batch_size) if phase.kl_epochs is not None else 0
+    kl_start = horizon - round(phase.kl_epochs * per_epoch) if phase.kl_epochs is not None else 0
     for s, xb in enumerate(tqdm(batches(x, cfg.batch_size, steps, gen), total=steps, desc=desc, leave=False)):
         opt.zero_grad()
+        if log_t is not None:
+            log_t.grad = None
         kl = (readout, phase.kl_coef) if phase.kl_coef > 0 and s >= kl_start else None
+        lam = phase.lam * min(1.0, (s + 1) / warm_steps) if phase.lam_warmup else phase.lam
         if phase.activation == "jumprelu":
-            f, x_hat = jumprelu_grads(sae, xb, phase.lam, kl)
+            preact = (phase.preact_coef, since_fired > cfg.revive_after) if phase.preact_coef else None
+            f, x_hat = jumprelu_grads(sae, xb, lam, kl, preact)
         else:
-            f, x_hat = autograd_grads(sae, xb, phase.lam, cfg.aux_k_coef if use_aux else 0.0,
+            f, x_hat = autograd_grads(sae, xb, lam, cfg.aux_k_coef if use_aux else 0.0,
                                       since_fired > cfg.dead_steps, kl)
-        opt.step(lr * cosine_lr(s, steps))
-        sae.normalize_decoder()
+        if log_t is not None:  # d/d log θ = θ · d/dθ
+            log_t.grad = sae.threshold.grad * sae.threshold.detach()
+            sae.threshold.grad = None
+        if phase.grad_clip:
+            clip_grad_norm(params + ([log_t] if log_t is not None else []), phase.grad_clip)
+        opt.step(lr * schedule(s, horizon))
         with torch.no_grad():
-            sae.threshold.clamp_(min=1e-3)  # θ must stay positive for f = pre·H(pre-θ) to be a JumpReLU
+            if phase.unit_decoder:
+                sae.normalize_decoder()
+            if log_t is not None:
+                sae.threshold.copy_(log_t.exp())
+            else:
+                sae.threshold.clamp_(min=1e-3)  # θ must stay positive for f = pre·H(pre-θ) to be a JumpReLU
             # f >= 0 for all three activations, so a positive column sum means the latent fired in this batch
             since_fired.add_(1).masked_fill_(f.sum(0) > 0, 0)
         if history is not None and (s % LOG_EVERY == 0 or s == steps - 1):
             mse = (xb - x_hat).pow(2).sum(-1).mean()  # the batch's, before this step's update
-            loss = mse + sparsity_loss(sae, f, f > 0, phase.lam)
+            loss = mse + sparsity_loss(sae, f, f > 0, lam)
             kl_batch = readout.kl(xb, x_hat).item() if readout is not None else float("nan")
             if kl:
                 loss = loss + kl[1] * kl_batch
@@ -141,7 +182,20 @@ def run_phase(sae: SAE, x: torch.Tensor, phase: Phase, cfg: SAEConfig, gen: torc
                 "step": step0 + s + 1, "phase": phase.name or phase.activation, "loss": round(float(loss), 5),
                 "mse": round(mse.item(), 5), "l0": round(l0(f), 3), "fvu": round(fvu(xb, x_hat), 5),
                 "kl": round(kl_batch, 6), "dead_frac": round((since_fired > cfg.dead_steps).float().mean().item(), 5),
+                "lambda": round(lam, 6), "lr": round(lr * schedule(s, horizon), 8),
             })
+
+
+@torch.no_grad()
+def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> None:
+    """Scale all gradients together so their global L2 norm is at most ``max_norm`` (as torch's
+    clip_grad_norm_, without its foreach/dynamo machinery)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+    scale = max_norm / (float(norm) + 1e-6)
+    if scale < 1:
+        for g in grads:
+            g.mul_(scale)
 
 
 def autograd_grads(sae: SAE, xb: torch.Tensor, lam: float, aux_coef: float, dead: torch.Tensor,
@@ -162,10 +216,13 @@ def autograd_grads(sae: SAE, xb: torch.Tensor, lam: float, aux_coef: float, dead
 
 
 @torch.no_grad()
-def jumprelu_grads(sae: SAE, xb: torch.Tensor, lam: float, kl: tuple[Readout, float] | None = None):
+def jumprelu_grads(sae: SAE, xb: torch.Tensor, lam: float, kl: tuple[Readout, float] | None = None,
+                   preact: tuple[float, torch.Tensor] | None = None):
     """Gradients (into ``.grad``) of the JumpReLU loss ||x - x_hat||^2 + λ·Σ_i H(pre_i - θ_i) (batch means;
-    paper eq. 9), plus ``coef·KL(base || spliced)`` when ``kl = (readout, coef)``, in one pass without an
-    autograd graph.
+    paper eq. 9), plus ``coef·KL(base || spliced)`` when ``kl = (readout, coef)``, plus the pre-activation loss
+    ``c·Σ_i relu(θ_i - pre_i)·||W_dec,i||`` over the latents in ``dead`` when ``preact = (c, dead)`` (Anthropic's
+    auxiliary loss for dead latents as SAELens applies it: it pulls a silent latent's pre-activations up and its
+    threshold down until it fires again), in one pass without an autograd graph.
 
     Around the JumpReLU this is only the chain rule through the two affine maps; the STE pseudo-derivatives come
     from ``jumprelu_backward``, the same function autograd calls. At these sizes (a step is ~2 ms, five matmuls
@@ -183,6 +240,14 @@ def jumprelu_grads(sae: SAE, xb: torch.Tensor, lam: float, kl: tuple[Readout, fl
     sae.b_dec.grad = grad_x_hat.sum(0)
     grad_pre, sae.threshold.grad = jumprelu_backward(pre, sae.threshold, h, sae.bandwidth,
                                                      grad_x_hat @ sae.W_dec.t(), lam / b)
+    if preact is not None and bool(preact[1].any()):
+        coef, dead = preact
+        norms = sae.W_dec.norm(dim=1)  # [M]
+        gap = (sae.threshold - pre).clamp_min_(0) * dead  # [B, M]: relu(θ - pre) on dead latents only
+        below = (gap > 0).to(pre.dtype) * (norms * (coef / b))
+        grad_pre -= below
+        sae.threshold.grad += below.sum(0)
+        sae.W_dec.grad += (gap.sum(0) * (coef / b) / norms.clamp_min(1e-12))[:, None] * sae.W_dec
     # W_enc is stored column-major (a transposed copy of the decoder at init): compute its gradient in that same
     # layout, which the fused Adam kernel needs (it walks param and grad as flat memory) and which is also the
     # faster product here (213 vs 293 us).
@@ -208,39 +273,41 @@ def evaluate_split(sae: SAE, x: torch.Tensor) -> dict:
     return {"l0": l0(f), "fvu": fvu(x, sae.decode(f))}
 
 
-def starting_point(cfg: SAEConfig, x: torch.Tensor, seed: int) -> SAE:
+def starting_point(cfg: SAEConfig, x: torch.Tensor, seed: int, history: list[dict] | None = None) -> SAE:
     """Where the final training starts (the warm_start stage); calibrate_lambda's λ probes start from it too.
 
-    jumprelu: ``sae.warmstart_epochs`` of TopK(k=target) training, then one global θ at the target L0 (a warm
-    start, measured against ``sae.warmstart_epochs=0``, i.e. from scratch, in the README). topk and relu_l1: the
-    seeded initialisation; train_sae trains them for warmstart_epochs + epochs_final, the same total.
+    jumprelu with ``sae.recipe=warmstart``: ``sae.warmstart_epochs`` of TopK(k=target) training, then one global
+    θ at the target L0. Everything else (jumprelu from scratch, topk, relu_l1): the seeded initialisation, unit-
+    norm decoder rows, the encoder their transpose, θ = ``sae.theta_init``.
     """
     sae = new_sae(cfg, x, seed)
-    if cfg.arch == "jumprelu" and cfg.warmstart_epochs > 0:
+    if cfg.arch == "jumprelu" and cfg.recipe == "warmstart":
         run_phase(sae, x, Phase("topk", cfg.warmstart_epochs, name="topk_warmstart"), cfg, generator(seed, 3),
-                  desc="sae topk warm start")
+                  history, desc="sae topk warm start")
         init_threshold(sae, x[:8192], cfg.target_actives)
         sae.activation = "jumprelu"
     return sae
 
 
 def final_phase(cfg: SAEConfig, lam: float) -> Phase:
-    """The phase train_sae runs. The KL term (``sae.kl_coef``) acts in its last ``sae.epochs_final`` epochs
-    for every arch, so the baselines get the same fine-tune: for jumprelu that is the whole STE phase, for topk
-    and relu_l1 the tail of their single cosine schedule."""
-    if cfg.arch == "jumprelu":
-        # after a warm start the STE phase fine-tunes at sae.ste_lr; from scratch it trains at sae.lr
-        lr = cfg.ste_lr if cfg.warmstart_epochs > 0 else cfg.lr
-        return Phase("jumprelu", cfg.epochs_final, lam, "jumprelu_ste", lr, cfg.kl_coef)
+    """The phase train_sae runs, ``sae.epochs`` in all for every arch and recipe. The KL term (``sae.kl_coef``)
+    acts in the last ``sae.kl_epochs`` epochs, for every arch, so the baselines get the same fine-tune."""
+    if cfg.arch == "jumprelu" and cfg.recipe == "scratch":
+        return Phase("jumprelu", cfg.epochs, lam, "jumprelu", cfg.lr, cfg.kl_coef, cfg.kl_epochs,
+                     schedule="linear_tail", lam_warmup=LAMBDA_WARMUP, preact_coef=cfg.preact_coef,
+                     grad_clip=GRAD_CLIP, unit_decoder=False, log_theta=True)
+    if cfg.arch == "jumprelu":  # after the warm start, a short STE fine-tune at sae.ste_lr
+        ste = cfg.epochs - cfg.warmstart_epochs
+        return Phase("jumprelu", ste, lam, "jumprelu_ste", cfg.ste_lr, cfg.kl_coef, min(cfg.kl_epochs, ste))
     activation = "topk" if cfg.arch == "topk" else "relu"
-    return Phase(activation, cfg.warmstart_epochs + cfg.epochs_final, lam, cfg.arch, kl_coef=cfg.kl_coef,
-                 kl_epochs=cfg.epochs_final)
+    return Phase(activation, cfg.epochs, lam, cfg.arch, kl_coef=cfg.kl_coef, kl_epochs=cfg.kl_epochs)
 
 
-def train(cfg: SAEConfig, start: SAE, x: torch.Tensor, lam: float, seed: int,
-          readout: Readout | None = None) -> tuple[SAE, list[dict]]:
-    """The final SAE: the starting point trained with the calibrated λ. Returns it and its training curve."""
-    sae, history = copy.deepcopy(start), []
+def train(cfg: SAEConfig, start: SAE, x: torch.Tensor, lam: float, seed: int, readout: Readout | None = None,
+          start_history: list[dict] | None = None) -> tuple[SAE, list[dict]]:
+    """The final SAE: the starting point trained with the calibrated λ. Returns it and its training curve, which
+    continues ``start_history`` (the warm start's, if any), so one curve shows all of training."""
+    sae, history = copy.deepcopy(start), list(start_history or [])
     phase = final_phase(cfg, lam)
     if phase.epochs > 0:
         run_phase(sae, x, phase, cfg, generator(seed, 4), history, desc=f"sae {phase.name}", readout=readout)
@@ -249,33 +316,73 @@ def train(cfg: SAEConfig, start: SAE, x: torch.Tensor, lam: float, seed: int,
 
 def calibrate(cfg: SAEConfig, start: SAE, x_train: torch.Tensor, x_val: torch.Tensor, seed: int,
               readout: Readout | None = None) -> dict:
-    """Log-uniform bisection of λ over [lambda_min, lambda_max] with short trainings from the final run's own
-    starting point, until the val L0 is within ``calib_tolerance`` of the target. λ saturates at both ends
-    (SAELens #719), hence the log scale."""
+    """λ for the target L0, from short trainings ("probes") that start where the final training starts.
+
+    jumprelu from scratch: L0 settles by about epoch 6 of 18 and then drifts by a few percent at most (measured,
+    docs/recipes.md), and it falls with λ as a power law. (What settles it is the number of steps: Adam moves
+    log θ by about lr a step, so from θ 0.01 to about 1 takes some 1,200 steps, 5.6 epochs of 55,000 at batch
+    256. On much less data, raise ``sae.calib_epochs`` with ``sae.epochs``.) So a probe is the first ``sae.calib_epochs`` (6) epochs
+    of the final run's own schedule; the first probe's λ is ``sae.lambda_init`` moved along the law to the target
+    (``L0_EXPONENT``), and each next λ corrects the last along the same law. At L0 20 one probe usually lands
+    within ``sae.calib_tolerance``.
+    jumprelu after a warm start: log-uniform bisection of λ over [lambda_min, lambda_max] with probes of at most
+    ``calib_epochs`` of the STE phase (L0 moves slowly from there). relu_l1: the same bisection with full-length
+    probes (its L0 is still falling late in training). topk has no λ.
+    """
     if cfg.arch == "topk":
         return {"lambda": 0.0, "converged": True, "probes": [],
                 "note": "topk has no sparsity penalty: k = sae.target_actives fixes L0"}
     phase = final_phase(cfg, 0.0)
-    # From a warm start, L0 moves slowly and a short probe shows where λ pushes it. From scratch (relu_l1, or
-    # jumprelu with warmstart_epochs=0) L0 is still falling after one epoch, and a short probe picks a λ that
-    # collapses the full run (seen: λ 9.6, L0 1.6 before tuning, FVU 0.63), so there each probe is a full run.
-    probe_epochs = cfg.calib_epochs if cfg.arch == "jumprelu" and cfg.warmstart_epochs > 0 else phase.epochs
+    if cfg.arch == "jumprelu" and cfg.recipe == "scratch":
+        return _calibrate_power_law(cfg, start, phase, x_train, x_val, seed)
+    probe_epochs = min(cfg.calib_epochs, phase.epochs) if cfg.arch == "jumprelu" else phase.epochs
     lo, hi = math.log(cfg.lambda_min), math.log(cfg.lambda_max)
     probes = []
     for i in range(cfg.calib_probes):
         lam = math.exp((lo + hi) / 2)
-        sae = copy.deepcopy(start)
-        probe = Phase(phase.activation, probe_epochs, lam, f"probe{i + 1}", phase.lr, phase.kl_coef,
-                      None if phase.kl_epochs is None else min(phase.kl_epochs, probe_epochs))
-        run_phase(sae, x_train, probe, cfg, generator(seed, 5), desc=f"λ probe {i + 1}", readout=readout)
-        ev = evaluate_split(sae.eval(), x_val)
-        probes.append({"probe": i + 1, "lambda": lam, "l0": round(ev["l0"], 4), "fvu": round(ev["fvu"], 5)})
+        ev = _probe(cfg, start, phase, lam, probe_epochs, x_train, x_val, seed, i, readout)
+        probes.append(ev)
         if abs(ev["l0"] - cfg.target_actives) <= cfg.calib_tolerance * cfg.target_actives:
             break
         lo, hi = (math.log(lam), hi) if ev["l0"] > cfg.target_actives else (lo, math.log(lam))
+    return _best(cfg, probes)
+
+
+def _probe(cfg: SAEConfig, start: SAE, phase: Phase, lam: float, epochs: float, x_train, x_val, seed: int, i: int,
+           readout: Readout | None = None) -> dict:
+    """Train a copy of the starting point for the first ``epochs`` of ``phase`` at this λ; its val L0 and FVU."""
+    sae = copy.deepcopy(start)
+    probe = dataclasses.replace(phase, epochs=epochs, lam=lam, name=f"probe{i + 1}", horizon=phase.epochs,
+                                kl_epochs=None if phase.kl_epochs is None else min(phase.kl_epochs, epochs))
+    if phase.kl_epochs is not None and epochs < phase.epochs:
+        probe = dataclasses.replace(probe, kl_coef=0.0)  # the KL fine-tune only acts at the end of the run
+    run_phase(sae, x_train, probe, cfg, generator(seed, 5), desc=f"λ probe {i + 1}", readout=readout)
+    ev = evaluate_split(sae.eval(), x_val)
+    return {"probe": i + 1, "lambda": lam, "l0": round(ev["l0"], 4), "fvu": round(ev["fvu"], 5)}
+
+
+def _best(cfg: SAEConfig, probes: list[dict]) -> dict:
     best = min(probes, key=lambda p: abs(p["l0"] - cfg.target_actives))
     converged = abs(best["l0"] - cfg.target_actives) <= cfg.calib_tolerance * cfg.target_actives
     return {"lambda": best["lambda"], "converged": converged, "probes": probes}
+
+
+def _calibrate_power_law(cfg: SAEConfig, start: SAE, phase: Phase, x_train, x_val, seed: int) -> dict:
+    target = cfg.target_actives
+    lam = cfg.lambda_init * (target / 20.0) ** (-1.0 / L0_EXPONENT)  # lambda_init is λ at the default L0 20
+    probes = []
+    for i in range(cfg.calib_probes):
+        lam = min(max(lam, cfg.lambda_min), cfg.lambda_max)
+        if probes and lam == probes[-1]["lambda"]:
+            break  # pinned at a bound of [lambda_min, lambda_max]: another probe would repeat the last one
+        probes.append(_probe(cfg, start, phase, lam, min(cfg.calib_epochs, phase.epochs), x_train, x_val, seed, i))
+        l0_now = max(probes[-1]["l0"], 1e-3)
+        if abs(l0_now - target) <= cfg.calib_tolerance * target:
+            break
+        # along the measured law, not a secant through two probes: a probe's L0 carries a few percent of noise,
+        # and a secant through two close probes can fit any exponent (seen: -0.4, then a 2.5x jump in λ)
+        lam *= (l0_now / target) ** (1.0 / L0_EXPONENT)
+    return _best(cfg, probes)
 
 
 @torch.no_grad()

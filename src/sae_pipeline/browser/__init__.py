@@ -30,7 +30,7 @@ def page_record(r: dict, sel_rank: dict[int, int], heat_lim: float, positions: l
     return {
         "id": r["latent"], "dead": r["dead"], "dense": r["dense"], "n": r["n_test"], "ntrain": r["n_train"],
         "rate": _c(r["firing_rate"], 6), "mean": _c(r["mean_activation"]), "max": _c(r["max_activation"]),
-        "hist": r["label_hist"], "mode": r["mode_label"], "purity": _c(r["purity"]), "lo": _c(r["purity_lo"]),
+        "hist": r["label_hist"], "mode": r["mode_label"], "purity": _c(r["purity"], 6), "lo": _c(r["purity_lo"]),
         "hi": _c(r["purity_hi"]), "lift": _c(r["lift"], 3), "ent": _c(r["entropy_bits"], 3),
         "classes": r["hypothesis_classes"], "grade": r["grade"], "prec": _c(r["heldout_precision"]),
         "rec": _c(r["heldout_recall"]), "text": r["hypothesis"], "dl": [_c(v) for v in r["delta_logit"]],

