@@ -3,8 +3,9 @@ PY := $(VENV)/bin/python
 # Stage commands run whatever `python` comes first on PATH: make it the project's venv.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-# `make exps`: the experiment table with the key columns only (dvc exp show has 100+ otherwise)
-EXP_COLUMNS := ^(Experiment|Created|State)$$|^(seed|device|data\.|base\.|activations\.|sae\.[a-z_]+$$|analysis\.)|^(baseline_acc|recon_acc_jumprelu|delta_acc_jumprelu|achieved_actives_val|achieved_actives_test|fvu|kl_logits|pred_flip_frac|dead_frac|dense_frac|test_acc)$$|^sae\.(purity_mean|n_high_purity|n_classes_covered|inputs_covered)$$|^sae\.probe\.(1|5)\.balanced_accuracy$$
+# `make exps`: the experiment table without the noise (dependency hashes, per-class accuracies, the baselines'
+# and hypotheses' internals): with --only-changed, what is left are the params and key metrics that differ.
+EXP_DROP := ^params\.yaml$$|^(data|src|stages|metrics|plots)/|^(rev|typ|parent)$$|per_class_test_acc|^hypotheses\.|^selection_on_val\.|^(random|neurons|neurons_p90|pca|dense_probe)\.|^sae\.(n_units|n_counted|firing_rate_mean|purity_median|classes_covered|top100_purity_mean|probe\.(2|5|10)\.|probe\.1\.f1)|^(Executor|note|explained_variance|cosine_sim|acc_recovered|final_train_loss|final_loss|steps|knob|value|l0_val|l0_val_after|fvu_val|converged|split|min_count|high_purity|n_latents|n_live|n_features|select|selected_firing_rate_mean|selected_share_high_grade)$$
 
 .PHONY: install repro test sweep bench exps baseline push pull clean-venv
 
@@ -29,7 +30,7 @@ bench: install
 	python bench/bench.py
 
 exps: install
-	dvc exp show --only-changed --drop '.*' --keep '$(EXP_COLUMNS)'
+	dvc exp show --only-changed --drop '$(EXP_DROP)'
 
 # A baseline experiment of the default params made on this machine: compare your experiments against it
 # (`dvc exp diff baseline-<host> <exp>`), not against the committed metrics, which another CPU type made.

@@ -159,7 +159,8 @@ def test_sweep_split_across_two_machines_and_collected_on_a_third(mnist_wheel, s
     run("git add -A && git commit -qm repro && git remote add origin " + str(origin) + " && git push -q origin HEAD",
         base, env)
     run(REMOTE + ["push", "--run-cache"], base, env)
-    sweep = [sys.executable, str(ROOT / "bench/sweep.py"), "--archs", "jumprelu", "topk", "--targets", "4", "8",
+    # one experiment a machine: what is tested is the split, the push and the collection, not the grid's size
+    sweep = [sys.executable, str(ROOT / "bench/sweep.py"), "--archs", "jumprelu", "topk", "--targets", "4",
              "--jobs", "1"]
     names = set()
     for part in ("1/2", "2/2"):
@@ -167,14 +168,14 @@ def test_sweep_split_across_two_machines_and_collected_on_a_third(mnist_wheel, s
         env_m = with_remote(m, env, sshd, tmp_path / "remote")
         run(REMOTE + ["pull"], m, env_m)
         out = run(sweep + ["--part", part, "--push", "origin"], m, env_m, timeout=900).stdout
-        names |= set(re.search(r"pushed 2 experiments to origin: (.+)", out).group(1).split())
-    assert names == {"sweep-jumprelu-4", "sweep-jumprelu-8", "sweep-topk-4", "sweep-topk-8"}
+        names |= set(re.search(r"pushed 1 experiments to origin: (.+)", out).group(1).split())
+    assert names == {"sweep-jumprelu-4", "sweep-topk-4"}
     c = clone(origin, tmp_path / "collector", env)
     env_c = with_remote(c, env, sshd, tmp_path / "remote")
     out = run(sweep + ["--collect", "origin", "--out-csv", "docs/pareto.csv", "--out-png", "docs/pareto.png"], c,
               env_c).stdout
     assert "Running stage" not in out
     rows = (c / "docs/pareto.csv").read_text().splitlines()
-    assert len(rows) == 5 and {r.split(",")[0] for r in rows[1:]} == names
+    assert len(rows) == 3 and {r.split(",")[0] for r in rows[1:]} == names
     assert (c / "docs/pareto.png").stat().st_size > 10_000
     assert not (c / "data/models/base.pt").exists()  # nothing was computed (or even checked out) here
