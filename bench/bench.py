@@ -59,20 +59,24 @@ def _matmul_seconds(b, d, m, steps):
     return time.perf_counter() - t0
 
 
-def throughput(acts_path="data/activations/acts.npz", model_path="data/models/base.pt",
-               card_path="data/models/base.json", steps=1200, rounds=6):
+def training_inputs(acts_path="data/activations/acts.npz", model_path="data/models/base.pt",
+                    card_path="data/models/base.json"):
+    """The committed run's standardised train activations, the KL readout of its base model, and default params:
+    what train_sae trains on."""
+    setup_torch("cpu")
+    acts = load_acts(np.load(acts_path))
+    model = base.load_model(torch.load(model_path, weights_only=True), load_json(card_path))
+    return acts.train, Readout.from_model(model.fc2, acts.shift, acts.scale), SAEConfig()
+
+
+def throughput(steps=1200, rounds=6):
     """SAE training GFLOP/s vs torch.matmul at the same shapes, in the same process. A step has five
     (B,d)x(d,m)-sized matmuls, 10·B·d·m FLOPs; the reference times exactly those five products. This VM's speed
     drifts by up to ±20% over seconds (seen), so training and reference alternate in ``rounds`` short blocks and
     the ratio is the median over blocks. Both phases the pipeline trains are measured: the TopK warm start
     (whose torch.topk, ~0.55 ms per step at these shapes, is work outside the FLOP count) and the JumpReLU STE
     phase."""
-    setup_torch("cpu")
-    acts = load_acts(np.load(acts_path))
-    x = acts.train
-    model = base.load_model(torch.load(model_path, weights_only=True), load_json(card_path))
-    readout = Readout.from_model(model.fc2, acts.shift, acts.scale)
-    cfg = SAEConfig()
+    x, readout, cfg = training_inputs()
     b, d, m = cfg.batch_size, x.shape[1], cfg.latents
     flops = 10 * b * d * m
     per_round = steps // rounds

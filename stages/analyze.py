@@ -4,6 +4,7 @@ import torch
 
 from sae_pipeline import base, browser
 from sae_pipeline.analysis.run import analyze_sae
+from sae_pipeline.analysis.units import split_tensors
 from sae_pipeline.analysis.table import csv_rows
 from sae_pipeline.config import load_all, read_params
 from sae_pipeline.export import sae_from_export
@@ -15,8 +16,7 @@ def main(args):
     cfg = load_all(read_params(args.params))
     setup_torch("cpu")
     acts, data = load_npz(args.acts), load_npz(args.data)
-    h = {s: torch.from_numpy(acts[f"h_{s}"]) for s in ("train", "val", "test")}
-    y = {s: torch.from_numpy(data[f"y_{s}"]) for s in ("train", "val", "test")}
+    h, y = split_tensors(acts, data)
     pixels = torch.from_numpy(data["x_test"])
     card = load_json(args.base_card)
     model = base.load_model(load_torch(args.base_model), card)

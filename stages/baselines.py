@@ -1,8 +1,7 @@
 """Stage baselines: the interpretability metrics of what the SAE is compared against that does not depend on the
 SAE (the hidden neurons, PCA, the dense probe). Runs once per base model; SAE experiments reuse it."""
-import torch
-
 from sae_pipeline.analysis.run import baseline_families
+from sae_pipeline.analysis.units import split_tensors
 from sae_pipeline.config import load_all, read_params
 from sae_pipeline.io import load_npz, save_json
 from sae_pipeline.runtime import run_stage, setup_torch
@@ -12,8 +11,7 @@ def main(args):
     cfg = load_all(read_params(args.params))
     setup_torch("cpu")
     acts, data = load_npz(args.acts), load_npz(args.data)
-    h = {s: torch.from_numpy(acts[f"h_{s}"]) for s in ("train", "val", "test")}
-    y = {s: torch.from_numpy(data[f"y_{s}"]) for s in ("train", "val", "test")}
+    h, y = split_tensors(acts, data)
     out = baseline_families(h, y, cfg["analysis"])
     save_json(args.out, out)
     print({k: v.get("purity_mean", v.get("balanced_accuracy")) for k, v in out.items()})

@@ -1,6 +1,5 @@
 """End to end: the real pipeline under real DVC, on a tiny configuration, in a temporary git repo."""
 import ast
-import hashlib
 import json
 import os
 import re

@@ -3,7 +3,6 @@
 Each "machine" is a separate clone with its own DVC cache; the remote is a folder served by sshd.
 """
 import json
-import os
 import re
 import subprocess
 import sys
