@@ -18,13 +18,15 @@ import statistics
 import sys
 import time
 
-import torch
-from sae_lens import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
-from sae_lens.saes.sae import TrainStepInput
+os.environ.setdefault("TQDM_DISABLE", "1")  # run_phase's progress bar
 
-from bench import training_inputs  # bench/bench.py: this script's folder is first on sys.path
-from sae_pipeline.runtime import generator
-from sae_pipeline.sae_train import final_phase, new_sae, run_phase
+import torch  # noqa: E402
+from sae_lens import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig  # noqa: E402
+from sae_lens.saes.sae import TrainStepInput  # noqa: E402
+
+from bench import training_inputs  # noqa: E402  bench/bench.py: this script's folder is first on sys.path
+from sae_pipeline.runtime import generator  # noqa: E402
+from sae_pipeline.sae_train import final_phase, new_sae, run_phase  # noqa: E402
 
 LR, LAM, CLIP = 4e-3, 0.2, 1.0
 
