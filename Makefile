@@ -29,8 +29,12 @@ sweep: install
 bench: install
 	python bench/bench.py
 
+# Always shown, even when nothing differs (e.g. a fresh clone with no experiments yet): the knobs users turn and
+# the headline metrics.
+EXP_KEEP := ^(sae\.(arch|recipe|target_actives|tau)|test_acc|achieved_actives_test|fvu|kl_logits|delta_acc_jumprelu|dead_frac|dense_frac|sae\.purity_mean|sae\.n_high_purity)$$
+
 exps: install
-	dvc exp show --only-changed --drop '$(EXP_DROP)'
+	dvc exp show --only-changed --keep '$(EXP_KEEP)' --drop '$(EXP_DROP)'
 
 # A baseline experiment of the default params made on this machine: compare your experiments against it
 # (`dvc exp diff baseline-<host> <exp>`), not against the committed metrics, which another CPU type made.
