@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save
 
-from .io import atomic_dir
+from .io import atomic_dir, unreadable
 from .sae import SAE
 
 WEIGHTS, CONFIG = "sae_weights.safetensors", "cfg.json"
@@ -66,10 +66,7 @@ def load_export(out_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     try:
         return json.loads((out_dir / CONFIG).read_text()), load_file(str(out_dir / WEIGHTS))
     except Exception as e:  # noqa: BLE001 - OSError, JSONDecodeError, SafetensorError: all "unreadable"
-        from .runtime import StageError
-
-        raise StageError(f"{out_dir} is not a readable SAELens export ({type(e).__name__}); restore it with "
-                         f"`dvc checkout {out_dir}` or rebuild it with `dvc repro`") from None
+        raise unreadable(out_dir, e) from None
 
 
 def sae_from_export(out_dir: str | Path) -> SAE:

@@ -65,7 +65,8 @@ def save_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
 
 
-def _unreadable(path, e: Exception) -> Exception:
+def unreadable(path, e: Exception) -> Exception:
+    """The one-line StageError for an input file that cannot be read, whatever the reader raised."""
     from .runtime import StageError
 
     return StageError(f"{path} is unreadable ({type(e).__name__}): it is missing, truncated or corrupt. Restore it "
@@ -77,7 +78,7 @@ def load_json(path: str | Path) -> Any:
         with open(path) as f:
             return json.load(f)
     except (OSError, ValueError) as e:
-        raise _unreadable(path, e) from None
+        raise unreadable(path, e) from None
 
 
 def load_npz(path: str | Path) -> dict[str, np.ndarray]:
@@ -87,7 +88,7 @@ def load_npz(path: str | Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except Exception as e:  # noqa: BLE001 - any failure to read the file is the same user error, reported once
-        raise _unreadable(path, e) from None
+        raise unreadable(path, e) from None
 
 
 def load_torch(path: str | Path) -> Any:
@@ -98,7 +99,7 @@ def load_torch(path: str | Path) -> Any:
     try:
         return torch.load(path, weights_only=True)
     except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError, OSError: all "unreadable"
-        raise _unreadable(path, e) from None
+        raise unreadable(path, e) from None
 
 
 def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
