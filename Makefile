@@ -7,7 +7,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 # and hypotheses' internals): with --only-changed, what is left are the params and key metrics that differ.
 EXP_DROP := ^params\.yaml$$|^(data|src|stages|metrics|plots)/|^(rev|typ|parent)$$|per_class_test_acc|^hypotheses\.|^selection_on_val\.|^(random|neurons|neurons_p90|pca|dense_probe)\.|^sae\.(n_units|n_counted|firing_rate_mean|purity_median|classes_covered|top100_purity_mean|probe\.(2|5|10)\.|probe\.1\.f1)|^(Executor|note|explained_variance|cosine_sim|acc_recovered|final_train_loss|final_loss|steps|knob|value|l0_val|l0_val_after|fvu_val|converged|split|min_count|high_purity|n_latents|n_live|n_features|select|selected_firing_rate_mean|selected_share_high_grade)$$
 
-.PHONY: install repro test sweep bench exps baseline reset push pull clean-venv
+.PHONY: install repro test test-fast sweep bench exps baseline reset push pull clean-venv
 
 install: $(VENV)/.installed
 
@@ -20,14 +20,19 @@ $(VENV)/.installed: pyproject.toml
 repro: install
 	dvc repro
 
+# Two workers on two cores (pytest-xdist): each builds its own tiny project and SSH server once
 test: install
-	pytest -q
+	pytest -q -n 2
+
+# The inner loop: every test but the end-to-end ones (real DVC, SSH server, Chromium), in well under a minute
+test-fast: install
+	pytest -q -m "not e2e"
 
 sweep: install
 	python bench/sweep.py $(SWEEP_ARGS)
 
 bench: install
-	python bench/bench.py
+	python bench/bench.py $(BENCH_ARGS)
 
 # Always shown, even when nothing differs (e.g. a fresh clone with no experiments yet): the knobs users turn and
 # the headline metrics.
@@ -42,13 +47,13 @@ baseline: install
 	dvc exp run --temp -n baseline-$$(hostname -s)
 
 # Undo a workspace `dvc exp run -S ...` (or any edit of params.yaml): params, dvc.lock, metrics and outputs as
-# committed. The touch matters: DVC rewrites params.yaml within a second of writing git's index, and a value of the
-# same length (sae.tau 0.2 -> 0.5) then leaves size and whole-second times as git recorded them, so git believes
-# the file unchanged: `git status` hides the edit and a plain `git checkout params.yaml` skips it (seen with
-# git 2.39 and DVC 3.67; the next `dvc exp run` then carries the stale value along).
+# committed. The files are taken out of git's index first, so that git must write them: DVC rewrites params.yaml
+# within a second of writing git's index, and a value of the same length (sae.tau 0.2 -> 0.5) then leaves size and
+# times as git recorded them, so git believes the file unchanged and a plain `git checkout params.yaml` skips it
+# (seen with git 2.39 and DVC 3.67; the next `dvc exp run` then carries the stale value along).
 reset:
-	touch params.yaml dvc.lock metrics/*.json
-	git checkout -- params.yaml dvc.lock metrics
+	git rm -r -q --cached params.yaml dvc.lock metrics
+	git checkout HEAD -- params.yaml dvc.lock metrics
 	dvc checkout -f -q
 
 # The DVC remote (see README, "Sharing results"): outputs and the run-cache, with one-line errors

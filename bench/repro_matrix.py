@@ -56,6 +56,11 @@ def get(d, dotted):
     return d
 
 
+def metrics_of(root: Path) -> dict:
+    """The METRICS of a project folder's metrics/ files, as ``{"file:key": value}``."""
+    return {f"{f}:{k}": get(json.loads((root / f).read_text()), k) for f, keys in METRICS.items() for k in keys}
+
+
 def run_variant(name: str, env_extra: dict, work: Path, wheel: str) -> dict:
     dest = work / name
     shutil.rmtree(dest, ignore_errors=True)
@@ -69,7 +74,7 @@ def run_variant(name: str, env_extra: dict, work: Path, wheel: str) -> dict:
     subprocess.run(["dvc", "repro", "-q"], cwd=dest, check=True, env=env)
     seconds = time.perf_counter() - t0
     lock = (dest / "dvc.lock").read_text()
-    metrics = {f"{f}:{k}": get(json.loads((dest / f).read_text()), k) for f, keys in METRICS.items() for k in keys}
+    metrics = metrics_of(dest)
     return {"env": env_extra, "seconds": round(seconds, 1), "metrics": metrics,
             "lock_sha": hashlib.sha256(lock.encode()).hexdigest()[:16], "lock": lock}
 
@@ -98,7 +103,18 @@ def main():
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
     ap.add_argument("--work", default="/tmp/sae_repro_matrix")
     ap.add_argument("--out", default=str(ROOT / "bench/repro_matrix.json"))
+    ap.add_argument("--record", metavar="NAME", help="only add this checkout's committed metrics to "
+                    "bench/machines.json as machine NAME (run `make repro` on that machine first)")
     args = ap.parse_args()
+    if args.record:
+        path = ROOT / "bench/machines.json"
+        book = json.loads(path.read_text())
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True).stdout.strip()
+        book["machines"][args.record] = {"rev": rev, "metrics": metrics_of(ROOT)}
+        path.write_text(json.dumps(book, indent=2) + "\n")
+        print(f"recorded {args.record} ({rev}) in {path}")
+        return
     wheel_dir = Path(args.work) / "wheel"
     wheel_dir.mkdir(parents=True, exist_ok=True)
     if not list(wheel_dir.glob("*.whl")):

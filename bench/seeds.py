@@ -24,9 +24,8 @@ from sae_pipeline import base  # noqa: E402
 from sae_pipeline.activations import load_acts  # noqa: E402
 from sae_pipeline.config import SAEConfig, load_section, read_params  # noqa: E402
 from sae_pipeline.evaluate import firing_rate, splice  # noqa: E402
-from sae_pipeline.io import load_json  # noqa: E402
+from sae_pipeline.fit import fit_sae  # noqa: E402
 from sae_pipeline.runtime import setup_torch  # noqa: E402
-from sae_pipeline.sae_train import Readout, calibrate, starting_point, train, tune_threshold  # noqa: E402
 
 
 def spliced(sae, acts, model, z, y):
@@ -39,11 +38,8 @@ def spliced(sae, acts, model, z, y):
 
 def run(cfg: SAEConfig, seed: int, acts, model, y_val, y_test) -> dict:
     t0 = time.perf_counter()
-    start = starting_point(cfg, acts.train, seed)
-    readout = Readout.from_model(model.fc2, acts.shift, acts.scale)
-    lam = calibrate(cfg, start, acts.train, acts.val, seed, readout)["lambda"]
-    sae, _ = train(cfg, start, acts.train, lam, seed, readout)
-    tune_threshold(sae, acts.val, cfg.target_actives)
+    res = fit_sae(cfg, acts, model, y_test, seed)  # what the train_sae stage runs
+    sae, lam = res.sae, res.calibration["lambda"]
     rate = firing_rate(sae, acts.train)
     return {"seed": seed, "lambda": round(lam, 5), "val": spliced(sae, acts, model, acts.val, y_val),
             "test": spliced(sae, acts, model, acts.test, y_test),
@@ -64,8 +60,8 @@ def main():
         params["sae"][k] = yaml.safe_load(v)
     cfg = load_section(params, "sae")
     setup_torch("cpu")
-    acts = load_acts(np.load("data/activations/acts.npz"))
-    model = base.load_model(torch.load("data/models/base.pt", weights_only=True), load_json("data/models/base.json"))
+    acts = load_acts(np.load("data/activations/acts.npz"), load_section(params, "activations"))
+    model = base.load_model(torch.load("data/models/base.pt", weights_only=True), base.load_card("data/models/base.json"))
     data = np.load("data/prepared/mnist.npz")
     y_val, y_test = torch.from_numpy(data["y_val"]), torch.from_numpy(data["y_test"])
     rows = []

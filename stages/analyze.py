@@ -18,18 +18,19 @@ def main(args):
     acts, data = load_npz(args.acts), load_npz(args.data)
     h, y = split_tensors(acts, data)
     pixels = torch.from_numpy(data["x_test"])
-    card = load_json(args.base_card)
+    card = base.load_card(args.base_card)
     model = base.load_model(load_torch(args.base_model), card)
     res = analyze_sae(sae_from_export(args.sae), model, card, h, y, pixels, cfg["analysis"], cfg["run"].seed)
-    baselines = load_json(args.baselines)
+    baselines = load_json(args.baselines, ("neurons", "neurons_p90", "pca", "dense_probe"))
     families = {**res.families, **baselines}
     with atomic_dir(args.browser) as tmp:
         placed = browser.write_images(tmp, res, pixels)
         (tmp / "index.html").write_text(browser.page_html(res, families, load_json(args.summary),
                                                           cfg["analysis"], placed))
-    save_json(args.latents_json, {"split": "test", "latents": res.latents})
+    save_json(args.latents_json, {"split": "test", "latents": res.latents}, compact=True)
     save_csv(args.latents_csv, csv_rows(res.latents))
-    save_json(args.report_json, {"split": "test", "select": cfg["analysis"].select, "features": res.report})
+    save_json(args.report_json, {"split": "test", "select": cfg["analysis"].select, "features": res.report},
+              compact=True)
     save_csv(args.report_csv, csv_rows([res.latents[u] for u in res.selected]))
     save_json(args.interpretability, {"split": "test", "min_count": cfg["analysis"].min_count,
                                       "high_purity": cfg["analysis"].high_purity, **families})

@@ -1,9 +1,10 @@
-"""Stage train_base: the 784 -> hidden -> 10 classifier, its model card, metrics and plots."""
+"""Stage train_base: the 784 -> hidden -> 10 classifier, its model card, metrics and plots, and its hidden
+activations on every split (one pass of inference: a stage of its own would cost more in start-up than it does)."""
 import torch
 
-from sae_pipeline import base
+from sae_pipeline import activations, base
 from sae_pipeline.config import load_all, read_params
-from sae_pipeline.io import load_npz, save_csv, save_json, save_torch
+from sae_pipeline.io import load_npz, save_csv, save_json, save_npz, save_torch
 from sae_pipeline.runtime import run_stage, setup_torch
 
 
@@ -18,13 +19,16 @@ def main(args):
     model = model.cpu()
     metrics, confusion = base.evaluate(model, prep("val"), label("val"), prep("test"), label("test"),
                                        history[-1]["loss"])
+    card = base.model_card(cfg["base"], mean, std)
+    acts = activations.collect(model, card, data)
     save_torch(args.model, model.state_dict())
-    save_json(args.card, base.model_card(cfg["base"], mean, std))
+    save_json(args.card, card)
     save_json(args.metrics, metrics)
     save_csv(args.curve, history)
     save_csv(args.confusion, confusion)
-    print(f"test_acc={metrics['test_acc']:.4f} val_acc={metrics['val_acc']:.4f}")
+    save_npz(args.acts, **acts)
+    print(f"test_acc={metrics['test_acc']:.4f} val_acc={metrics['val_acc']:.4f} hidden={acts['h_train'].shape[1]}")
 
 
 if __name__ == "__main__":
-    run_stage(main, "data", "model", "card", "metrics", "curve", "confusion")
+    run_stage(main, "data", "model", "card", "metrics", "curve", "confusion", "acts")

@@ -1,32 +1,38 @@
-"""Stage train_sae: train the SAE from calibrate_lambda's starting point with the calibrated λ."""
+"""Stage train_sae: the SAE on train_base's activations, λ calibrated, θ tuned, its test summary and a SAELens
+export (``fit.fit_sae``)."""
+import torch
 
 from sae_pipeline import base
 from sae_pipeline.activations import load_acts
 from sae_pipeline.config import load_all, read_params
-from sae_pipeline.io import load_json, load_npz, load_torch, save_csv, save_json, save_torch
+from sae_pipeline.export import export
+from sae_pipeline.fit import fit_sae
+from sae_pipeline.io import load_npz, load_torch, save_csv, save_json, save_torch
 from sae_pipeline.runtime import run_stage, setup_torch
-from sae_pipeline.sae import load_sae, sae_state
-from sae_pipeline.sae_train import Readout, evaluate_split, train
+from sae_pipeline.sae import sae_state
 
 
 def main(args):
     cfg = load_all(read_params(args.params))
     device = setup_torch(cfg["run"].device)
-    acts = load_acts(load_npz(args.acts)).to(device)
-    state = load_torch(args.start)
-    start = load_sae(state).to(device)
-    model = base.load_model(load_torch(args.base_model), load_json(args.base_card))
-    readout = Readout.from_model(model.fc2, acts.shift, acts.scale).to(device)
-    lam = load_json(args.calibration)["lambda"]
-    sae, history = train(cfg["sae"], start, acts.train, lam, cfg["run"].seed, readout, state.get("history"))
-    val = evaluate_split(sae, acts.val)
-    save_torch(args.sae, sae_state(sae))
-    save_json(args.metrics, {"lambda": lam, "steps": history[-1]["step"] if history else 0,
-                             "final_loss": history[-1]["loss"] if history else None,
-                             "l0_val": round(val["l0"], 4), "fvu_val": round(val["fvu"], 5)})
-    save_csv(args.curve, history, ["step", "phase", "loss", "mse", "l0", "fvu", "kl", "dead_frac", "lambda", "lr"])
-    print(f"val l0={val['l0']:.2f} fvu={val['fvu']:.4f}")
+    acts = load_acts(load_npz(args.acts), cfg["activations"])
+    model = base.load_model(load_torch(args.base_model), base.load_card(args.base_card))
+    y_test = torch.from_numpy(load_npz(args.data)["y_test"])
+    res = fit_sae(cfg["sae"], acts, model, y_test, cfg["run"].seed, device)
+    save_torch(args.sae, sae_state(res.sae))
+    export(res.sae, acts.shift, acts.scale, args.export, res.summary)
+    save_json(args.calibration, res.calibration)
+    save_csv(args.calibration_plot, res.calibration["probes"], ["probe", "lambda", "l0", "fvu", "epochs"])
+    save_json(args.train_metrics, res.train_metrics)
+    save_csv(args.curve, res.history, ["step", "phase", "loss", "mse", "l0", "fvu", "kl", "dead_frac", "lambda", "lr"])
+    save_json(args.tuning, res.tuning)
+    save_json(args.metrics, res.summary)
+    s, c = res.summary, res.calibration
+    print(f"lambda={c['lambda']:.4g} ({len(c['probes'])} probes, converged={c['converged']}); test "
+          f"l0={s['achieved_actives_test']:.2f} fvu={s['fvu']:.4f} kl={s['kl_logits']:.4f} "
+          f"delta_acc={s['delta_acc_jumprelu']:.4f}")
 
 
 if __name__ == "__main__":
-    run_stage(main, "acts", "start", "base-model", "base-card", "calibration", "sae", "metrics", "curve")
+    run_stage(main, "acts", "base-model", "base-card", "data", "sae", "export", "calibration", "calibration-plot",
+              "train-metrics", "curve", "tuning", "metrics")

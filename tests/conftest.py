@@ -1,4 +1,5 @@
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -55,6 +56,22 @@ def snapshot(dest: Path) -> dict[str, str]:
     return {str(p.relative_to(dest)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
+def isolated_env(home: Path) -> dict:
+    """The environment of the tests' DVC runs: this venv's python first on PATH, and DVC's global, system and
+    site-cache config in throwaway folders, so that a user's own DVC config (say, a global ``cache.type:
+    hardlink``, with which the corrupt-input tests would truncate files of the user's cache) never applies."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    for var in ("DVC_GLOBAL_CONFIG_DIR", "DVC_SYSTEM_CONFIG_DIR", "DVC_SITE_CACHE_DIR"):
+        (home / var).mkdir(parents=True, exist_ok=True)
+        env[var] = str(home / var)
+    env["DVC_NO_ANALYTICS"] = "1"
+    env["SAE_PIPELINE_CACHE"] = str(home / "cache")
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on two cores: a thread each
+        env["SAE_PIPELINE_THREADS"] = "1"
+    return env
+
+
 def make_project(dest: Path, wheel: Path, overrides: dict | None = None) -> tuple[Path, dict]:
     """Copy the project (code, DVC config, params) into a fresh git repo with the tiny configuration."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -67,8 +84,7 @@ def make_project(dest: Path, wheel: Path, overrides: dict | None = None) -> tupl
     set_params(dest / "params.yaml", TINY)
     if overrides:
         set_params(dest / "params.yaml", overrides)
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env = isolated_env(dest.parent / f".{dest.name}-home")
     env["SAE_PIPELINE_MNIST_WHEEL"] = str(wheel)
     run("git init -q && git config user.email t@t && git config user.name t && dvc init -q", dest, env)
     shutil.copy(ROOT / ".dvc/config", dest / ".dvc/config")  # the offline page for `dvc plots show`
@@ -77,13 +93,42 @@ def make_project(dest: Path, wheel: Path, overrides: dict | None = None) -> tupl
     return dest, env
 
 
+PRISTINE: dict[Path, dict[str, str]] = {}  # the shared project's files right after its run, by path
+
+
 @pytest.fixture(scope="session")
 def tiny_project(tmp_path_factory, mnist_wheel):
-    """A temp repo on which `dvc repro` has run once, shared (read-mostly) by the end-to-end tests."""
+    """A temp repo on which `dvc repro` has run once: the one tiny end-to-end run of the session, shared by every
+    end-to-end test. Tests that only read it take this fixture; tests that change it take ``tiny``."""
     dest, env = make_project(tmp_path_factory.mktemp("tiny") / "proj", mnist_wheel)
     run(["dvc", "repro"], dest, env)
     run("git add -A && git commit -qm repro", dest, env)
+    assert json.loads(run(["dvc", "status", "--json"], dest, env).stdout) == {}
+    PRISTINE[dest] = snapshot(dest)
     return dest, env
+
+
+def restore(dest: Path, env: dict) -> None:
+    """The shared project back at its commit: files and params (git), outputs (from the DVC cache, only when a
+    byte of them differs), stray files in the output folders removed; then every byte is as after its run."""
+    run("git reset -q --hard && git clean -fdq plots metrics", dest, env)
+    (dest / ".dvc/config.local").unlink(missing_ok=True)  # a remote a test pointed the project at
+    want = PRISTINE[dest]
+    if snapshot(dest) != want:
+        run(["dvc", "checkout", "-f", "-q"], dest, env)
+        for rel in set(snapshot(dest)) - set(want):
+            (dest / rel).unlink()
+    assert snapshot(dest) == want, "the shared project could not be restored"
+
+
+@pytest.fixture
+def tiny(tiny_project):
+    """The shared tiny project for a test that changes it: restored after the test, pass or fail, so that one
+    failure does not cascade into the tests after it."""
+    try:
+        yield tiny_project
+    finally:
+        restore(*tiny_project)
 
 
 class SSHServer:
@@ -127,10 +172,23 @@ class SSHServer:
         raise RuntimeError(f"sshd did not start: {(self.root / 'sshd.log').read_text()[-1000:]}")
 
     def stop(self):
-        """Stop the listener and every session it spawned (a transfer in flight is cut)."""
-        subprocess.run(["pkill", "-f", f"sshd: {self.user}"], check=False)  # the session processes
+        """Stop the listener and every session it spawned (a transfer in flight is cut): this server's own
+        processes, found from its pid, never another sshd's (a login of the user running the tests included).
+        The listener is paused first, so that no new session is forked between listing them and stopping it."""
+        import psutil
+
         if self.proc:
+            listener = psutil.Process(self.proc.pid)
+            listener.suspend()
+            sessions = listener.children(recursive=True)
+            for p in sessions:
+                try:
+                    p.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            psutil.wait_procs(sessions, timeout=5)
             self.proc.terminate()
+            listener.resume()
             self.proc.wait()
             self.proc = None
 

@@ -32,13 +32,15 @@ def _split(n, g):
         ((y == 1) & (u[:, 4] < 0.75)) | ((y == 2) & (u[:, 4] < 0.25)),  # MOSTLY: 75% of 1s, 25% of 2s
     ], dim=1)
     pixels = torch.zeros(n, 28, 28, dtype=torch.uint8)
-    pixels[:, 0, :5] = lit.to(torch.uint8) * 255
+    # a lit pixel's intensity varies (200..255), so activations have a range with a known order
+    pixels[:, 0, :5] = lit.to(torch.uint8) * torch.randint(200, 256, (n, 5), generator=g, dtype=torch.uint8)
     pixels[:, 10:20, 10:20] = torch.randint(0, 30, (n, 10, 10), generator=g, dtype=torch.uint8)
     return pixels, y
 
 
 def planted_world(seed=0):
-    """hidden unit i = pixel (0, i) for i < 5; SAE latent i reads hidden unit i (8 latents: 5 planted, 3 dead).
+    """hidden unit i = pixel (0, i)/255 for i < 5; SAE latent i reads hidden unit i, f_i = 2·h_i - 1 where that
+    is above θ = 0.5, i.e. wherever the pixel is lit (8 latents: 5 planted, 3 dead).
     fc2 sends hidden unit i to logit (i + 5) mod 10, so each latent's causal effect has a known top class."""
     g = torch.Generator().manual_seed(seed)
     splits = {s: _split(n, g) for s, n in N.items()}
@@ -146,14 +148,34 @@ def test_wilson_interval_covers_at_its_nominal_rate():
     assert hi == 1.0 and lo < 0.45  # 3 of 3 is not "pure"
 
 
+def planted_activation(pixels: torch.Tensor, u: int) -> torch.Tensor:
+    """f_u computed from the pixels alone, by the planted construction (not by the SAE)."""
+    h = pixels[:, 0, u].double() / 255
+    return torch.where(h > 0, 2 * h - 1, 0.0)
+
+
 def test_causal_effects_follow_the_planted_readout(world):
+    """Against the planted model, run forward: the intervention adds the latent's mean firing activation v
+    (computed from the pixels) to inputs where it is off, which moves logit (u + 5) mod 10 by 2·v and no other;
+    the spliced model run on the intervened codes gives the same."""
     res, _, y = world
+    sae, model, h, _, pixels = planted_world()
+    f = sae.encode(h["test"])
     for u in range(5):
         r = res.latents[u]
         top = (u + 5) % 10
+        act = planted_activation(pixels, u)
+        v = float(act[act > 0].mean())
+        assert r["intervention_value"] == pytest.approx(v, abs=1e-5)
         assert r["dla_top_class"] == top and r["intervention_top_class"] == top
-        # fc2 is linear: the intervention's mean Δlogit is the mean activation times the DLA
-        assert abs(r["delta_logit"][top] - r["intervention_value"] * r["dla"][top]) < 1e-4
+        want = [2 * v if c == top else 0.0 for c in range(10)]
+        assert r["delta_logit"] == pytest.approx(want, abs=1e-4)
+        off = f[:, u] == 0
+        bumped = f[off].clone()
+        bumped[:, u] = v
+        ran = (model.fc2(sae.decode(bumped)) - model.fc2(sae.decode(f[off]))).mean(0)
+        assert ran.tolist() == pytest.approx(want, abs=1e-4)
+        # ablating the latent where it fires lowers its top class's logit by 2·f there (the mode is the digit)
         assert r["ablation_delta_mode_logit"] <= 0 or r["mode_label"] != top
     # the pure latent's logit target is 5, not its input digit 3: its hypothesis says so
     assert "raises the logit of 5" in res.latents[PURE]["hypothesis"]
@@ -167,13 +189,24 @@ def test_heatmap_peaks_on_the_planted_pixel(world):
 
 
 def test_examples_cover_the_activation_range(world):
+    """Top examples are the k inputs with the highest planted activation, in order; each band example lies in
+    its band's quantile range of the latent's firing activations."""
     res, cfg, y = world
-    r = res.latents[MOSTLY]
-    assert len(r["top_examples"]) == cfg.top_k
-    acts = [e["activation"] for e in r["top_examples"]]
-    assert acts == sorted(acts, reverse=True)
-    assert {e["band"] for e in r["band_examples"]} == {"q75-90", "q50-75", "q25-50", "q0-25"}
-    assert all(e["label"] == int(y["test"][e["test_index"]]) for e in r["top_examples"] + r["band_examples"])
+    _, _, _, _, pixels = planted_world()
+    for u in (MOSTLY, DENSE):
+        r = res.latents[u]
+        act = planted_activation(pixels, u)
+        assert len(r["top_examples"]) == cfg.top_k
+        want = act.topk(cfg.top_k).values.tolist()
+        assert [e["activation"] for e in r["top_examples"]] == pytest.approx(want, abs=1e-5)
+        assert [float(act[e["test_index"]]) for e in r["top_examples"]] == pytest.approx(want, abs=1e-5)
+        firing = act[act > 0].sort().values
+        for e in r["band_examples"]:
+            lo, hi = (int(v) / 100 for v in e["band"][1:].split("-"))
+            a, b = float(firing[int(lo * len(firing))]), float(firing[int(hi * len(firing)) - 1])
+            assert a - 1e-6 <= e["activation"] <= b + 1e-6, e
+        assert {e["band"] for e in r["band_examples"]} == {"q75-90", "q50-75", "q25-50", "q0-25"}
+        assert all(e["label"] == int(y["test"][e["test_index"]]) for e in r["top_examples"] + r["band_examples"])
 
 
 def test_interpretability_metrics_separate_sae_from_baselines(world):
@@ -185,6 +218,10 @@ def test_interpretability_metrics_separate_sae_from_baselines(world):
     planted = float((y["test"] == 3).double().mean() + 0.2 * (y["test"] == 7).double().mean())
     assert abs(sae["inputs_covered"] - planted) < 0.01
     assert sae["probe"]["1"]["balanced_accuracy"] > 0.5
+    # the rate-matched random dictionary mixes the hidden units: less pure, fewer pure units, worse probes
+    rand = res.families["random"]
+    assert rand["purity_mean"] < sae["purity_mean"] - 0.1 and rand["n_high_purity"] < sae["n_high_purity"]
+    assert rand["probe"]["1"]["balanced_accuracy"] < sae["probe"]["1"]["balanced_accuracy"]
 
 
 # ---------- units and probes ----------
@@ -228,6 +265,24 @@ def test_logistic_regression_matches_sklearn():
     shared = fit_logistic(x[0], t)
     per = fit_logistic(x[0].expand(3, -1, -1), t)
     assert torch.allclose(shared, per, atol=1e-8)
+
+
+def test_subsample_warm_start_reaches_the_same_optimum():
+    """Above WARM_ROWS rows Newton starts from a strided subsample's fit: the same optimum as from zero (w0 given,
+    so no warm start), on the shared (dense probe) and per-problem paths, and the same as sklearn's."""
+    from sae_pipeline.analysis import probing
+
+    g = torch.Generator().manual_seed(1)
+    n = probing.WARM_ROWS + 3000
+    x = torch.randn(n, 6, generator=g, dtype=torch.float64)
+    t = torch.stack([(x[:, i] + 0.7 * torch.randn(n, generator=g, dtype=torch.float64)) > 0.8 for i in range(3)])
+    for xs in (x, x.expand(3, -1, -1)):
+        warm = fit_logistic(xs, t)
+        cold = fit_logistic(xs, t, w0=torch.zeros(3, 7, dtype=torch.float64))
+        assert torch.allclose(warm, cold, atol=1e-6), (warm - cold).abs().max()
+    sklearn = pytest.importorskip("sklearn.linear_model")
+    ref = sklearn.LogisticRegression(C=1.0, class_weight="balanced", tol=1e-10, max_iter=10000).fit(x.numpy(), t[0])
+    assert np.allclose(warm[0, :-1].numpy(), ref.coef_[0], atol=1e-4)
 
 
 def test_sparse_probe_finds_the_planted_feature():

@@ -8,6 +8,8 @@ import tempfile
 import time
 
 import pytest
+
+pytestmark = pytest.mark.e2e  # real DVC on the shared tiny project: `make test-fast` leaves these out
 from PIL import Image
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

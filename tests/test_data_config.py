@@ -108,3 +108,65 @@ def test_device_selection_as_far_as_a_cpu_allows(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert setup_torch("auto").type == "cuda"  # (nothing is allocated: only the choice is made here)
     assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") == ":4096:8"  # cuBLAS determinism, set with CUDA
+
+
+# What check_params_file (the check_params stage) refuses in the project's own params.yaml with one line naming
+# the key; tests/test_pipeline.py runs a few of these through `dvc repro` end to end.
+FILE_CASES = [
+    ({"sae": {"latents": 0}}, "sae.target_actives (20) must be < sae.latents (0)"),
+    ({"sae": {"arch": "gated"}}, "sae.arch must be one of jumprelu, topk, relu_l1 (got 'gated')"),
+    ({"sae": {"tau": 0}}, "sae.tau must be > 0 (got 0.0)"),
+    ({"data": {"val_size": 70000}}, "data.val_size must be > 0 and < the training-pool size 60000 (got 70000)"),
+    ({"base": {"ffn_type": "gelu"}}, "base.ffn_type must be one of relu, geglu (got 'gelu')"),
+    ({"analysis": {"select": "random"}}, "analysis.select must be one of per_class, purity, frequency"),
+    ({"sae": {"tua": 0.05}}, "sae.tua is not a known key"),
+    ({"sae": {"kl_epochs": 30}}, "sae.kl_epochs must be <= sae.epochs (18) when kl_coef > 0 (got 30)"),
+    ({"sae": {"recipe": "warmstart", "warmstart_epochs": 18}},
+     "sae.warmstart_epochs must be < sae.epochs (18) with sae.recipe=warmstart (got 18)"),
+    ({"extra": {"a": 1}}, "extra is not a known section"),
+    ({"device": "cuda"}, "device must be auto or cpu on a machine without CUDA (got 'cuda')"),
+    ("empty", "params.yaml is empty; restore it with `git checkout params.yaml`"),
+    ("not-a-mapping", "params.yaml must hold a mapping of sections (got list)"),
+    ("missing-key", "sae.tau is missing from params.yaml; add it back (default 0.2)"),
+    ("missing-section", "section analysis is missing from params.yaml"),
+]
+
+
+@pytest.mark.parametrize("change,message", FILE_CASES, ids=lambda v: str(v)[:40])
+def test_check_params_refuses_with_one_line_naming_the_key(tmp_path, monkeypatch, change, message):
+    import yaml
+
+    from conftest import ROOT, set_params
+    from sae_pipeline.config import check_params_file
+
+    path = tmp_path / "params.yaml"
+    text = (ROOT / "params.yaml").read_text()
+    if change == "empty":
+        path.write_text("")
+    elif change == "not-a-mapping":
+        path.write_text("- 1\n- 2\n")
+    elif change == "missing-key":
+        path.write_text("\n".join(ln for ln in text.splitlines() if not ln.strip().startswith("tau:")))
+    elif change == "missing-section":
+        params = yaml.safe_load(text)
+        del params["analysis"]
+        path.write_text(yaml.safe_dump(params))
+    else:
+        path.write_text(text)
+        set_params(path, change)
+    if change == {"device": "cuda"}:
+        import torch
+
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        check_params_file("params.yaml")
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_committed_params_pass_the_check():
+    from conftest import ROOT
+    from sae_pipeline.config import check_params_file
+
+    cfg = check_params_file(ROOT / "params.yaml")
+    assert cfg["sae"].arch == "jumprelu" and cfg["data"].limit == 0

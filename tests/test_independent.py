@@ -4,6 +4,8 @@ import json
 
 import numpy as np
 import pytest
+
+pytestmark = pytest.mark.e2e  # real DVC on the shared tiny project: `make test-fast` leaves these out
 from safetensors.numpy import load_file
 
 Z = 1.959964

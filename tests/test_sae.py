@@ -1,10 +1,12 @@
+import dataclasses
+
 import pytest
 import torch
 
 from sae_pipeline.config import SAEConfig
 from sae_pipeline.sae import SAE, jumprelu, step
-from sae_pipeline.sae_train import (Phase, Readout, calibrate, clip_grad_norm, evaluate_split, init_threshold,
-                                    jumprelu_grads, run_phase, starting_point, train, tune_threshold)
+from sae_pipeline.sae_train import (Phase, Readout, calibrate_and_train, clip_grad_norm, evaluate_split,
+                                    init_threshold, jumprelu_grads, run_phase, starting_point, train, tune_threshold)
 
 
 def _inputs(seed=0, n=64, d=16):
@@ -190,12 +192,11 @@ def test_calibration_and_training_recover_planted_dictionary(recipe):
     x, atoms = _planted(n=8000, d=32, m=24)
     x_val, _ = _planted(n=2000, d=32, m=24, seed=0)
     # 62 steps an epoch: the scratch recipe's L0 settles after ~1,200 steps (log θ moves ~lr a step), so 40 epochs
-    cfg = SAEConfig(latents=64, target_actives=3, recipe=recipe, epochs=40, warmstart_epochs=37, batch_size=128,
+    cfg = SAEConfig(latents=48, target_actives=3, recipe=recipe, epochs=40, warmstart_epochs=37, batch_size=128,
                     lr=4e-3, dead_steps=100, kl_coef=0.0, lambda_init=0.05, calib_epochs=24, calib_tolerance=0.2)
     start = starting_point(cfg, x, 0)
-    cal = calibrate(cfg, start, x, x_val, seed=0)
-    assert len(cal["probes"]) <= cfg.calib_probes and cal["lambda"] > 0
-    sae, hist = train(cfg, start, x, lam=cal["lambda"], seed=0)
+    sae, hist, cal = calibrate_and_train(cfg, start, x, x_val, seed=0)
+    assert 1 <= len(cal["probes"]) <= cfg.calib_probes and cal["lambda"] > 0
     assert abs(evaluate_split(sae, x_val)["l0"] - 3.0) < 1.0  # before θ tuning
     tune_threshold(sae, x[:2000], 3.0)
     w = sae.W_dec.detach()
@@ -207,19 +208,66 @@ def test_calibration_and_training_recover_planted_dictionary(recipe):
 
 
 def test_seed_reproduces_bit_for_bit_and_changes_with_seed():
+    """Same starting point and seed: the same bytes. The same starting point with another training seed (only the
+    batch order differs) and another starting point each give another SAE."""
     x, _ = _planted(n=1500)
     cfg = SAEConfig(latents=32, target_actives=3, epochs=2, warmstart_epochs=1, batch_size=128, kl_coef=0.0)
-    a, _ = train(cfg, starting_point(cfg, x, 0), x, 0.05, seed=0)
-    b, _ = train(cfg, starting_point(cfg, x, 0), x, 0.05, seed=0)
-    c, _ = train(cfg, starting_point(cfg, x, 1), x, 0.05, seed=1)
+    start = starting_point(cfg, x, 0)
+    a = train(cfg, start, x, 0.05, seed=0)[0]
+    b = train(cfg, start, x, 0.05, seed=0)[0]
+    c = train(cfg, start, x, 0.05, seed=1)[0]
+    d = train(cfg, starting_point(cfg, x, 1), x, 0.05, seed=0)[0]
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
-    assert not torch.equal(a.W_dec, c.W_dec)
+    assert not torch.equal(a.W_dec, c.W_dec) and not torch.equal(a.W_dec, d.W_dec)
+    assert torch.equal(start.W_dec, starting_point(cfg, x, 0).W_dec)  # train leaves its starting point alone
+
+
+def test_a_probe_that_lands_is_the_final_run_itself():
+    """The λ probe is the final run stopped at its gate: a gate that passes changes nothing (bit for bit), a gate
+    that fails stops the run after exactly its steps, and calibrate_and_train then returns that very run."""
+    x, _ = _planted(n=2560)
+    x_val, _ = _planted(n=500, seed=5)
+    cfg = SAEConfig(latents=32, target_actives=3, epochs=4, batch_size=128, kl_coef=0.0, calib_epochs=1.0)
+    start = starting_point(cfg, x, 0)
+    plain, hist_plain, done = train(cfg, start, x, 0.05, seed=0)
+    seen = []
+    gated, hist_gated, done_gated = train(cfg, start, x, 0.05, seed=0, gate=(20, lambda s: seen.append(1) or True))
+    assert done and done_gated and seen == [1] and str(hist_plain) == str(hist_gated)  # str: nan == nan
+    assert all(torch.equal(plain.state_dict()[k], gated.state_dict()[k]) for k in plain.state_dict())
+    stopped, hist_stopped, done_stopped = train(cfg, start, x, 0.05, seed=0, gate=(26, lambda s: False))
+    assert not done_stopped and hist_stopped[-1]["step"] == 26  # logged every 25 steps: step 26 is the last
+    # whatever the probes found, the result is exactly the plain final run with the chosen λ
+    for tolerance in (0.9, 0.01):  # the first probe lands / none lands (the best λ is trained to the end)
+        wide = dataclasses.replace(cfg, calib_tolerance=tolerance, calib_probes=3)
+        sae, hist, cal = calibrate_and_train(wide, start, x, x_val, seed=0)
+        assert cal["probes"][0]["epochs"] == pytest.approx(1.0) and len(cal["probes"]) <= 3
+        ref, ref_hist, _ = train(wide, start, x, cal["lambda"], seed=0)
+        assert str(hist) == str(ref_hist)
+        assert all(torch.equal(sae.state_dict()[k], ref.state_dict()[k]) for k in ref.state_dict())
+
+
+@pytest.mark.parametrize("arch", ["jumprelu", "relu_l1", "topk"])
+def test_a_run_shorter_than_its_probe_trains_with_the_kl_term(arch):
+    """`dvc exp run -S sae.epochs=5` with calib_epochs 6 and the KL window in the last 3 epochs: the probe is the
+    whole run, KL term included (this raised 'phase probe1 has kl_coef 10.0 but no readout' before)."""
+    x, _ = _planted(n=1280)
+    x_val, _ = _planted(n=300, seed=5)
+    g = torch.Generator().manual_seed(3)
+    fc2, shift, scale = _readout(24, g)
+    ro = Readout.from_model(fc2.float(), shift.float(), scale.float())
+    cfg = SAEConfig(arch=arch, latents=32, target_actives=3, epochs=5, kl_epochs=3, calib_epochs=6.0,
+                    batch_size=128, calib_probes=2)
+    sae, hist, cal = calibrate_and_train(cfg, starting_point(cfg, x, 0), x, x_val, 0, ro)
+    assert hist[-1]["step"] == 50 and len(cal["probes"]) <= 2
+    assert all(r["epochs"] == pytest.approx(5.0) for r in cal["probes"])
+    if arch == "topk":  # no sparsity term: in the window (steps 21..50) the logged loss is MSE + 10·KL
+        assert all(abs(r["loss"] - r["mse"] - (10.0 * r["kl"] if r["step"] > 20 else 0.0)) < 1e-3 for r in hist)
 
 
 def test_scratch_recipe_schedule_warms_lambda_up_and_decays_the_lr():
     x, _ = _planted(n=2560)
     cfg = SAEConfig(latents=32, target_actives=3, epochs=10, batch_size=128, kl_coef=0.0)
-    _, hist = train(cfg, starting_point(cfg, x, 0), x, 0.2, seed=0)
+    _, hist, _ = train(cfg, starting_point(cfg, x, 0), x, 0.2, seed=0)
     steps = 200  # 20 a epoch
     lam = {r["step"]: r["lambda"] for r in hist}
     lr = {r["step"]: r["lr"] for r in hist}

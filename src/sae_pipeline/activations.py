@@ -1,4 +1,5 @@
-"""Hidden activations of the base model, and the normaliser the SAE sees them through."""
+"""Hidden activations of the base model (collected by train_base), and the normaliser the SAE sees them through
+(applied where they are read, so that its params rerun only the SAE side)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,12 +8,21 @@ import numpy as np
 import torch
 
 from .base import MLP, preprocess
+from .config import ActivationsConfig
 
 
 @torch.no_grad()
-def collect(model: MLP, card: dict, data: dict[str, np.ndarray], normalize_z: bool,
-            std_floor: float) -> dict[str, np.ndarray]:
-    """h_{train,val,test} as float32 plus the affine map the SAE uses: ``z = (h - shift) / scale``.
+def collect(model: MLP, card: dict, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """h_{train,val,test}: the hidden activations of every split, float32, as the model computes them."""
+    out = {}
+    for split in ("train", "val", "test"):
+        x = preprocess(data[f"x_{split}"], card["input_mean"], card["input_std"])
+        out[f"h_{split}"] = torch.cat([model.hidden(x[i:i + 8192]) for i in range(0, len(x), 8192)]).numpy()
+    return out
+
+
+def normaliser(h_train: np.ndarray, normalize_z: bool, std_floor: float) -> dict[str, np.ndarray]:
+    """The affine map the SAE sees the activations through, ``z = (h - shift) / scale``, and the raw train mean.
 
     ``shift, scale`` are the per-dimension train mean and std when ``normalize_z`` (post-ReLU activations have a
     large mean, and uncentred inputs give dead latents), else 0 and 1. The std is floored at
@@ -20,19 +30,12 @@ def collect(model: MLP, card: dict, data: dict[str, np.ndarray], normalize_z: bo
     would otherwise be blown up to |z| > 200 on test and dominate the SAE's loss and FVU. Measured over 3 SAE seeds,
     a floor of 0.5 (vs 0.1) also lowered the spliced-accuracy loss (0.45 vs 0.54 pp) and the dead latents.
     """
-    out = {}
-    for split in ("train", "val", "test"):
-        x = preprocess(data[f"x_{split}"], card["input_mean"], card["input_std"])
-        out[f"h_{split}"] = torch.cat([model.hidden(x[i:i + 8192]) for i in range(0, len(x), 8192)]).numpy()
-    h = out["h_train"].astype(np.float64)
-    mean, std = h.mean(0), h.std(0)
-    out["mean"], out["std"] = mean.astype(np.float32), std.astype(np.float32)
+    h = h_train.astype(np.float64)
+    mean, std = h.mean(0).astype(np.float32), h.std(0)
     if normalize_z:
         floor = max(std_floor * float(np.median(std)), 1e-6)
-        out["shift"], out["scale"] = out["mean"], np.maximum(std, floor).astype(np.float32)
-    else:
-        out["shift"], out["scale"] = np.zeros_like(out["mean"]), np.ones_like(out["std"])
-    return out
+        return {"mean": mean, "shift": mean, "scale": np.maximum(std, floor).astype(np.float32)}
+    return {"mean": mean, "shift": np.zeros_like(mean), "scale": np.ones_like(mean)}
 
 
 @dataclass
@@ -56,7 +59,9 @@ class Acts:
         return (h - self.shift) / self.scale
 
 
-def load_acts(npz) -> Acts:
-    shift, scale = torch.from_numpy(npz["shift"]), torch.from_numpy(npz["scale"])
+def load_acts(npz, cfg: ActivationsConfig) -> Acts:
+    """The raw activations of ``acts.npz`` (train_base's), normalised as ``activations.*`` in params.yaml say."""
+    norm = normaliser(npz["h_train"], cfg.normalize_z, cfg.std_floor)
+    shift, scale = torch.from_numpy(norm["shift"]), torch.from_numpy(norm["scale"])
     z = {s: (torch.from_numpy(npz[f"h_{s}"]) - shift) / scale for s in ("train", "val", "test")}
-    return Acts(z["train"], z["val"], z["test"], shift, scale, torch.from_numpy(npz["mean"]))
+    return Acts(z["train"], z["val"], z["test"], shift, scale, torch.from_numpy(norm["mean"]))

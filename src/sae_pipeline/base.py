@@ -8,6 +8,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .config import BaseConfig
+from .io import load_json
 from .optim import Adam, one_cycle_lr
 from .runtime import generator
 
@@ -55,6 +56,14 @@ def model_card(cfg: BaseConfig, mean: float, std: float) -> dict:
         "input_mean": mean,
         "input_std": std,
     }
+
+
+CARD_KEYS = ("architecture", "ffn_type", "d_in", "hidden_dim", "n_classes", "input_mean", "input_std")
+
+
+def load_card(path) -> dict:
+    """base.json, with every key the readers use checked (a one-line error names a missing one)."""
+    return load_json(path, CARD_KEYS)
 
 
 def load_model(state_dict: dict, card: dict) -> MLP:

@@ -145,7 +145,7 @@ class SAEConfig(Section):
     dead_steps: int = 500  # a latent that has not fired for this many steps counts as dead (AuxK, curves)
     lambda_min: float = 1e-4  # search bracket for the sparsity penalty
     lambda_max: float = 10.0
-    calib_probes: int = 8  # at most this many probes in calibrate_lambda
+    calib_probes: int = 8  # at most this many λ probes (sae_train.calibrate_and_train)
     calib_epochs: float = 6.0  # length of one probe (warmstart: at most the STE phase; relu_l1: a full run)
     calib_tolerance: float = 0.05  # stop when the val L0 is within this fraction of the target
 

@@ -31,7 +31,10 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     user's umask), so a shared or served result stays readable by others."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix)
+    except PermissionError as e:  # mkstemp's error names its random temp file; the user needs the target
+        raise PermissionError(e.errno, e.strerror, str(path)) from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -61,8 +64,14 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def save_json(path: str | Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+def save_json(path: str | Path, obj: Any, compact: bool = False) -> None:
+    """Indented for metrics (read in diffs); ``compact`` for large data files: one line, written by json's C
+    encoder, which ``indent`` turns off (the 512-latent table: ~0.1 s instead of ~1.3 s)."""
+    if compact:
+        text = json.dumps(obj, separators=(",", ":"), default=_jsonable)
+    else:
+        text = json.dumps(obj, indent=2, sort_keys=False, default=_jsonable)
+    write_text(path, text + "\n")
 
 
 def unreadable(path, e: Exception) -> Exception:
@@ -73,12 +82,21 @@ def unreadable(path, e: Exception) -> Exception:
                       f"with `dvc checkout {path}`, or rebuild it with `dvc repro`")
 
 
-def load_json(path: str | Path) -> Any:
+def load_json(path: str | Path, required: tuple[str, ...] = ()) -> Any:
+    """A JSON file; ``required``: keys the reader needs, each checked here, so that a file that parses but lacks
+    one (edited by hand, written by another version) is a one-line StageError naming it, not a KeyError."""
     try:
         with open(path) as f:
-            return json.load(f)
+            obj = json.load(f)
     except (OSError, ValueError) as e:
         raise unreadable(path, e) from None
+    missing = [k for k in required if not isinstance(obj, dict) or k not in obj]
+    if missing:
+        from .runtime import StageError
+
+        raise StageError(f"{path} lacks {missing[0]!r}: it was edited or written by another version. Restore it "
+                         f"with `dvc checkout {path}`, or rebuild it with `dvc repro`")
+    return obj
 
 
 def load_npz(path: str | Path) -> dict[str, np.ndarray]:
@@ -132,7 +150,10 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a fresh temp folder beside ``path``; on success it replaces ``path`` whole (no stale files)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    except PermissionError as e:
+        raise PermissionError(e.errno, e.strerror, str(path)) from None
     try:
         yield tmp
         mask = _umask()

@@ -167,7 +167,7 @@ def sae_state(sae: SAE) -> dict:
 
 
 def load_sae(state: dict) -> SAE:
-    """Rebuild from ``sae_state``'s dict, as written by the warm_start, train_sae and tune_theta stages."""
+    """Rebuild from ``sae_state``'s dict, as the train_sae stage writes it (``data/sae/sae.pt``)."""
     cfg = state["config"]
     sae = SAE(cfg["d_in"], cfg["d_sae"], cfg["activation"], cfg["k"], cfg["bandwidth"])
     sae.load_state_dict(state["state_dict"])

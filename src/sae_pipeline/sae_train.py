@@ -5,6 +5,7 @@ import copy
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,7 @@ LAMBDA_WARMUP = 0.1  # fraction of the steps over which λ ramps up from 0
 LR_DECAY_TAIL = 0.2  # fraction of the steps over which the lr decays linearly to 0
 GRAD_CLIP = 1.0  # clip the global gradient norm to this
 # L0 after training falls with λ as L0 ∝ λ^-0.63 (measured: λ 0.2 -> 21.0, λ 1.0 -> 7.6, 18 epochs, L0 20 SAE);
-# calibrate_lambda starts from this law and corrects along it (sae_train.calibrate).
+# calibrate_and_train starts from this law and corrects along it.
 L0_EXPONENT = 0.63
 
 
@@ -126,8 +127,13 @@ def batches(x: torch.Tensor, batch_size: int, steps: int, gen: torch.Generator):
 
 
 def run_phase(sae: SAE, x: torch.Tensor, phase: Phase, cfg: SAEConfig, gen: torch.Generator,
-              history: list[dict] | None = None, desc: str = "", readout: Readout | None = None) -> None:
-    """One optimisation phase: Adam, the phase's lr schedule and λ warm-up, θ kept positive."""
+              history: list[dict] | None = None, desc: str = "", readout: Readout | None = None,
+              gate: tuple[int, Callable[[], bool]] | None = None) -> bool:
+    """One optimisation phase: Adam, the phase's lr schedule and λ warm-up, θ kept positive.
+
+    ``gate = (n, check)``: after ``n`` steps, ``check(sae)`` decides whether the phase goes on (True) or stops there
+    (False: returns False, the SAE left as it is after n steps). It only reads the SAE, so a phase that passes its
+    gate ends bit for bit as one without a gate. Returns True when the phase ran to its end."""
     sae.activation = phase.activation
     if phase.activation == "jumprelu":
         sae.bandwidth = cfg.tau  # ε of the STE; only the JumpReLU's backward reads it
@@ -173,8 +179,9 @@ def run_phase(sae: SAE, x: torch.Tensor, phase: Phase, cfg: SAEConfig, gen: torc
             # f >= 0 for all three activations, so a positive column sum means the latent fired in this batch
             since_fired.add_(1).masked_fill_(f.sum(0) > 0, 0)
         if history is not None and (s % LOG_EVERY == 0 or s == steps - 1):
-            mse = (xb - x_hat).pow(2).sum(-1).mean()  # the batch's, before this step's update
-            loss = mse + sparsity_loss(sae, f, f > 0, lam)
+            with torch.no_grad():
+                mse = (xb - x_hat).pow(2).sum(-1).mean()  # the batch's, before this step's update
+                loss = mse + sparsity_loss(sae, f, f > 0, lam)
             kl_batch = readout.kl(xb, x_hat).item() if readout is not None else float("nan")
             if kl:
                 loss = loss + kl[1] * kl_batch
@@ -184,6 +191,9 @@ def run_phase(sae: SAE, x: torch.Tensor, phase: Phase, cfg: SAEConfig, gen: torc
                 "kl": round(kl_batch, 6), "dead_frac": round((since_fired > cfg.dead_steps).float().mean().item(), 5),
                 "lambda": round(lam, 6), "lr": round(lr * schedule(s, horizon), 8),
             })
+        if gate is not None and s + 1 == gate[0] and not gate[1](sae):
+            return False
+    return True
 
 
 @torch.no_grad()
@@ -275,7 +285,7 @@ def evaluate_split(sae: SAE, x: torch.Tensor) -> dict:
 
 
 def starting_point(cfg: SAEConfig, x: torch.Tensor, seed: int, history: list[dict] | None = None) -> SAE:
-    """Where the final training starts (the warm_start stage); calibrate_lambda's λ probes start from it too.
+    """Where the final training (and so each of its λ probes) starts.
 
     jumprelu with ``sae.recipe=warmstart``: ``sae.warmstart_epochs`` of TopK(k=target) training, then one global
     θ at the target L0. Everything else (jumprelu from scratch, topk, relu_l1): the seeded initialisation, unit-
@@ -305,85 +315,82 @@ def final_phase(cfg: SAEConfig, lam: float) -> Phase:
 
 
 def train(cfg: SAEConfig, start: SAE, x: torch.Tensor, lam: float, seed: int, readout: Readout | None = None,
-          start_history: list[dict] | None = None) -> tuple[SAE, list[dict]]:
-    """The final SAE: the starting point trained with the calibrated λ. Returns it and its training curve, which
-    continues ``start_history`` (the warm start's, if any), so one curve shows all of training."""
+          start_history: list[dict] | None = None, gate: tuple[int, Callable[[SAE], bool]] | None = None
+          ) -> tuple[SAE, list[dict], bool]:
+    """The final run: a copy of the starting point trained with λ (``gate`` as in ``run_phase``). Returns the SAE,
+    its training curve, which continues ``start_history`` (the warm start's, if any) so that one curve shows all of
+    training, and whether it ran to the end."""
     sae, history = copy.deepcopy(start), list(start_history or [])
     phase = final_phase(cfg, lam)
-    if phase.epochs > 0:
-        run_phase(sae, x, phase, cfg, generator(seed, 4), history, desc=f"sae {phase.name}", readout=readout)
-    return sae.eval(), history
+    done = run_phase(sae, x, phase, cfg, generator(seed, 4), history, desc=f"sae {phase.name}", readout=readout,
+                     gate=gate)
+    return sae.eval(), history, done
 
 
-def calibrate(cfg: SAEConfig, start: SAE, x_train: torch.Tensor, x_val: torch.Tensor, seed: int,
-              readout: Readout | None = None) -> dict:
-    """λ for the target L0, from short trainings ("probes") that start where the final training starts.
+def calibrate_and_train(cfg: SAEConfig, start: SAE, x_train: torch.Tensor, x_val: torch.Tensor, seed: int,
+                        readout: Readout | None = None, start_history: list[dict] | None = None
+                        ) -> tuple[SAE, list[dict], dict]:
+    """The final SAE, with λ calibrated to the target L0 on the final run's own first epochs.
+
+    A probe is the final run itself (same starting point, batches, schedule), stopped after ``sae.calib_epochs``
+    to read its val L0: within ``sae.calib_tolerance`` of the target, the run simply goes on to the end, so a
+    probe that lands costs nothing; otherwise the next λ starts a new run from the starting point. At L0 20 the
+    first λ usually lands. Returns ``(sae, training curve, calibration record)``.
 
     jumprelu from scratch: L0 settles by about epoch 6 of 18 and then drifts by a few percent at most (measured,
     docs/recipes.md), and it falls with λ as a power law. (What settles it is the number of steps: Adam moves
     log θ by about lr a step, so from θ 0.01 to about 1 takes some 1,200 steps, 5.6 epochs of 55,000 at batch
-    256. On much less data, raise ``sae.calib_epochs`` with ``sae.epochs``.) So a probe is the first ``sae.calib_epochs`` (6) epochs
-    of the final run's own schedule; the first probe's λ is ``sae.lambda_init`` moved along the law to the target
-    (``L0_EXPONENT``), and each next λ corrects the last along the same law. At L0 20 one probe usually lands
-    within ``sae.calib_tolerance``.
-    jumprelu after a warm start: log-uniform bisection of λ over [lambda_min, lambda_max] with probes of at most
+    256. On much less data, raise ``sae.calib_epochs`` with ``sae.epochs``.) The first λ is ``sae.lambda_init``
+    moved along the law to the target (``L0_EXPONENT``), and each next λ corrects the last along the same law.
+    jumprelu after a warm start: log-uniform bisection of λ over [lambda_min, lambda_max], probes of at most
     ``calib_epochs`` of the STE phase (L0 moves slowly from there). relu_l1: the same bisection with full-length
-    probes (its L0 is still falling late in training). topk has no λ.
+    probes (its L0 is still falling late in training). topk has no λ. When no probe lands within
+    ``sae.calib_probes``, the run with the best probe's λ is the result (trained to the end if it was stopped).
     """
     if cfg.arch == "topk":
-        return {"lambda": 0.0, "converged": True, "probes": [],
-                "note": "topk has no sparsity penalty: k = sae.target_actives fixes L0"}
+        sae, history, _ = train(cfg, start, x_train, 0.0, seed, readout, start_history)
+        return sae, history, {"lambda": 0.0, "converged": True, "probes": [],
+                                     "note": "topk has no sparsity penalty: k = sae.target_actives fixes L0"}
     phase = final_phase(cfg, 0.0)
-    if cfg.arch == "jumprelu" and cfg.recipe == "scratch":
-        return _calibrate_power_law(cfg, start, phase, x_train, x_val, seed)
+    per_epoch = len(x_train) / cfg.batch_size
+    steps = max(1, round(phase.epochs * per_epoch))
     probe_epochs = min(cfg.calib_epochs, phase.epochs) if cfg.arch == "jumprelu" else phase.epochs
-    lo, hi = math.log(cfg.lambda_min), math.log(cfg.lambda_max)
-    probes = []
-    for i in range(cfg.calib_probes):
-        lam = math.exp((lo + hi) / 2)
-        ev = _probe(cfg, start, phase, lam, probe_epochs, x_train, x_val, seed, i, readout)
-        probes.append(ev)
-        if abs(ev["l0"] - cfg.target_actives) <= cfg.calib_tolerance * cfg.target_actives:
-            break
-        lo, hi = (math.log(lam), hi) if ev["l0"] > cfg.target_actives else (lo, math.log(lam))
-    return _best(cfg, probes)
-
-
-def _probe(cfg: SAEConfig, start: SAE, phase: Phase, lam: float, epochs: float, x_train, x_val, seed: int, i: int,
-           readout: Readout | None = None) -> dict:
-    """Train a copy of the starting point for the first ``epochs`` of ``phase`` at this λ; its val L0 and FVU."""
-    sae = copy.deepcopy(start)
-    probe = dataclasses.replace(phase, epochs=epochs, lam=lam, name=f"probe{i + 1}", horizon=phase.epochs,
-                                kl_epochs=None if phase.kl_epochs is None else min(phase.kl_epochs, epochs))
-    if phase.kl_epochs is not None and epochs < phase.epochs:
-        probe = dataclasses.replace(probe, kl_coef=0.0)  # the KL fine-tune only acts at the end of the run
-    run_phase(sae, x_train, probe, cfg, generator(seed, 5), desc=f"λ probe {i + 1}", readout=readout)
-    ev = evaluate_split(sae.eval(), x_val)
-    return {"probe": i + 1, "lambda": lam, "l0": round(ev["l0"], 4), "fvu": round(ev["fvu"], 5)}
-
-
-def _best(cfg: SAEConfig, probes: list[dict]) -> dict:
-    best = min(probes, key=lambda p: abs(p["l0"] - cfg.target_actives))
-    converged = abs(best["l0"] - cfg.target_actives) <= cfg.calib_tolerance * cfg.target_actives
-    return {"lambda": best["lambda"], "converged": converged, "probes": probes}
-
-
-def _calibrate_power_law(cfg: SAEConfig, start: SAE, phase: Phase, x_train, x_val, seed: int) -> dict:
+    probe_steps = min(steps, max(1, round(probe_epochs * per_epoch)))
     target = cfg.target_actives
+    power_law = cfg.arch == "jumprelu" and cfg.recipe == "scratch"
     lam = cfg.lambda_init * (target / 20.0) ** (-1.0 / L0_EXPONENT)  # lambda_init is λ at the default L0 20
-    probes = []
+    lo, hi = math.log(cfg.lambda_min), math.log(cfg.lambda_max)
+    probes, finished = [], {}
     for i in range(cfg.calib_probes):
-        lam = min(max(lam, cfg.lambda_min), cfg.lambda_max)
-        if probes and lam == probes[-1]["lambda"]:
-            break  # pinned at a bound of [lambda_min, lambda_max]: another probe would repeat the last one
-        probes.append(_probe(cfg, start, phase, lam, min(cfg.calib_epochs, phase.epochs), x_train, x_val, seed, i))
-        l0_now = max(probes[-1]["l0"], 1e-3)
-        if abs(l0_now - target) <= cfg.calib_tolerance * target:
-            break
-        # along the measured law, not a secant through two probes: a probe's L0 carries a few percent of noise,
-        # and a secant through two close probes can fit any exponent (seen: -0.4, then a 2.5x jump in λ)
-        lam *= (l0_now / target) ** (1.0 / L0_EXPONENT)
-    return _best(cfg, probes)
+        if power_law:
+            lam = min(max(lam, cfg.lambda_min), cfg.lambda_max)
+            if probes and lam == probes[-1]["lambda"]:
+                break  # pinned at a bound of [lambda_min, lambda_max]: another probe would repeat the last one
+        else:
+            lam = math.exp((lo + hi) / 2)
+        def landed(sae: SAE) -> bool:
+            ev = evaluate_split(sae, x_val)
+            probes.append({"probe": len(probes) + 1, "lambda": lam, "l0": round(ev["l0"], 4),
+                           "fvu": round(ev["fvu"], 5), "epochs": round(probe_steps / per_epoch, 4)})
+            return abs(ev["l0"] - target) <= cfg.calib_tolerance * target
+
+        sae, history, done = train(cfg, start, x_train, lam, seed, readout, start_history, (probe_steps, landed))
+        if done:
+            return sae, history, {"lambda": lam, "converged": True, "probes": probes}
+        if probe_steps == steps:
+            finished[len(probes) - 1] = (sae, history)  # a full-length probe is a finished run
+        l0_now = probes[-1]["l0"]
+        if power_law:
+            # along the measured law, not a secant through two probes: a probe's L0 carries a few percent of noise,
+            # and a secant through two close probes can fit any exponent (seen: -0.4, then a 2.5x jump in λ)
+            lam *= (max(l0_now, 1e-3) / target) ** (1.0 / L0_EXPONENT)
+        else:
+            lo, hi = (math.log(lam), hi) if l0_now > target else (lo, math.log(lam))
+    best = min(range(len(probes)), key=lambda j: abs(probes[j]["l0"] - target))
+    lam = probes[best]["lambda"]
+    sae, history = finished[best] if best in finished else train(cfg, start, x_train, lam, seed, readout,
+                                                                 start_history)[:2]
+    return sae, history, {"lambda": lam, "converged": False, "probes": probes}
 
 
 @torch.no_grad()

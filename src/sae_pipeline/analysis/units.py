@@ -24,7 +24,7 @@ SPLITS = ("train", "val", "test")
 
 
 def split_tensors(acts: dict, data: dict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """The raw hidden activations ``h`` and labels ``y`` of every split, from collect_activations' ``acts.npz``
+    """The raw hidden activations ``h`` and labels ``y`` of every split, from train_base's ``acts.npz``
     and prepare_data's ``mnist.npz`` (as loaded by ``io.load_npz``)."""
     h = {s: torch.from_numpy(acts[f"h_{s}"]) for s in SPLITS}
     y = {s: torch.from_numpy(data[f"y_{s}"]) for s in SPLITS}

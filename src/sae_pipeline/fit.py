@@ -1,0 +1,49 @@
+"""The train_sae stage's work: an SAE from its starting point to its test summary, in one process.
+
+Starting point (with ``sae.recipe=warmstart``, the TopK warm start), λ calibrated on the final run's own first
+epochs, the final run, θ tuned on val, the spliced-model summary on test. One stage, not four: every one of
+these steps reruns whenever any other does (their params overlap, each reads the last one's output), and each
+stage process pays torch's import (~2.5 s of a 2-core VM) before it does anything.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .activations import Acts
+from .base import MLP
+from .config import SAEConfig
+from .evaluate import summary
+from .sae import SAE
+from .sae_train import Readout, calibrate_and_train, evaluate_split, starting_point, tune_threshold
+
+
+@dataclass
+class SAEFit:
+    sae: SAE  # tuned, on the CPU
+    calibration: dict  # metrics/calibration.json: λ, whether a probe landed, the probes
+    history: list[dict]  # the training curve (warm start included)
+    train_metrics: dict  # metrics/train_sae.json: before θ tuning, val
+    tuning: dict  # metrics/tune_theta.json
+    summary: dict  # metrics/summary.json: the spliced model on test
+
+
+def fit_sae(cfg: SAEConfig, acts: Acts, model: MLP, y_test: torch.Tensor, seed: int,
+            device: torch.device = torch.device("cpu")) -> SAEFit:
+    """Train on ``device`` (the activations moved there), then tune and measure on the CPU."""
+    on = acts.to(device)
+    readout = Readout.from_model(model.fc2, acts.shift, acts.scale).to(device)
+    history: list[dict] = []
+    start = starting_point(cfg, on.train, seed, history)
+    sae, history, calibration = calibrate_and_train(cfg, start, on.train, on.val, seed, readout, history)
+    val = evaluate_split(sae, on.val)
+    train_metrics = {"lambda": calibration["lambda"], "steps": history[-1]["step"] if history else 0,
+                     "final_loss": history[-1]["loss"] if history else None,
+                     "l0_val": round(val["l0"], 4), "fvu_val": round(val["fvu"], 5)}
+    sae = sae.cpu()
+    tuning = tune_threshold(sae, acts.val, cfg.target_actives)
+    result = summary(sae, acts, model, y_test, calibration["lambda"], cfg.tau, cfg.arch, cfg.target_actives,
+                     tuning["l0_val_after"])
+    calibration = {"arch": cfg.arch, "target_actives": cfg.target_actives, **calibration}
+    return SAEFit(sae, calibration, history, train_metrics, tuning, result)
