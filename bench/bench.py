@@ -3,6 +3,7 @@ in one session (the shared 2-core VMs drift by up to ~1.5x between quiet and bus
 
     make bench                                   # HEAD against the previous release, 2 alternating rounds
     make bench BENCH_ARGS="--ref d9c4f9c --rounds 3 --tests"   # also `make test` in both (long)
+    make bench BENCH_ARGS="--tests-only --rounds 1"            # only the test suites -> results_tests.json
     python bench/bench.py --throughput           # only the SAE step against its matmul reference
 
 Each round runs, in fresh clones of both commits and alternating which goes first: a cold `dvc repro -f`
@@ -63,16 +64,30 @@ def clone(rev, dest):
     return dest
 
 
-def one_round(path: Path, tests: bool) -> dict:
+def one_round(path: Path, tests: bool, dag: bool = True) -> dict:
+    out = {}
+    if dag:
+        out.update(dag_round(path))
+    if tests:
+        out["test_s"], _ = timed(test_command(path), path)
+    return out
+
+
+def dag_round(path: Path) -> dict:
     out = {}
     out["cold_repro_s"], out["cold_stage_s"] = timed("dvc repro -f", path)
     out["noop_repro_s"], _ = timed("dvc repro", path)
     shutil.rmtree(path / ".dvc/cache/runs", ignore_errors=True)  # a first run of the experiment, not a restore
     out["tau_experiment_s"], out["tau_experiment_stage_s"] = timed("dvc exp run -S sae.tau=0.05", path)
     sh(RESET, path)
-    if tests:
-        out["test_s"], _ = timed(f"{sys.executable} -m pytest -q -p no:cacheprovider", path)
     return out
+
+
+def test_command(path: Path) -> str:
+    """The clone's own `make test` recipe (the README's command), run with this venv's python first on PATH."""
+    lines = (path / "Makefile").read_text().splitlines()
+    recipe = lines[lines.index(next(ln for ln in lines if ln.startswith("test:"))) + 1].strip()
+    return f"PATH={Path(sys.executable).parent}:$PATH {recipe} -p no:cacheprovider"
 
 
 def median_of(rounds: list[dict], key: str):
@@ -80,16 +95,19 @@ def median_of(rounds: list[dict], key: str):
     return round(statistics.median(vals), 2) if vals else None
 
 
-def side_by_side(ref: str, rounds: int, tests: bool) -> dict:
+def side_by_side(ref: str, rounds: int, tests: bool, dag: bool = True) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="sae-bench-"))
     clones = {"head": clone("HEAD", tmp / "head"), "ref": clone(ref, tmp / "ref")}
-    for path in clones.values():  # outputs in place first (the data download, caches), untimed
-        sh("dvc repro -q", path)
+    for path in clones.values():  # outputs in place first (the data download, caches), untimed, and committed
+        # in the clone: the reset after each experiment goes back to this machine's outputs, which are in its
+        # cache (a commit's dvc.lock from another CPU type names outputs this cache never had)
+        sh("dvc repro -q && git add -A && git -c user.name=bench -c user.email=bench@localhost commit -q --allow-empty -m "
+           "'bench: outputs of this machine'", path)
     runs = {"head": [], "ref": []}
     for r in range(rounds):
         for name in (("head", "ref") if r % 2 == 0 else ("ref", "head")):
             print(f"round {r + 1}/{rounds}: {name}", flush=True)
-            runs[name].append(one_round(clones[name], tests))
+            runs[name].append(one_round(clones[name], tests, dag))
     shutil.rmtree(tmp, ignore_errors=True)
     summary = {}
     for key in ("cold_repro_s", "noop_repro_s", "tau_experiment_s", "test_s"):
@@ -179,6 +197,7 @@ def main():
     ap.add_argument("--ref", default=REF, help=f"reference commit (default {REF}, the previous release)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--tests", action="store_true", help="also time the test suite in both clones")
+    ap.add_argument("--tests-only", action="store_true", help="time only the test suites (no DAG runs)")
     ap.add_argument("--throughput", action="store_true", help="only the SAE step (prints one JSON line)")
     args = ap.parse_args()
     if args.throughput:
@@ -188,25 +207,29 @@ def main():
 
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                           f"{_cpu_model()}", "torch": torch.__version__,
-               **side_by_side(args.ref, args.rounds, args.tests)}
+               **side_by_side(args.ref, args.rounds, args.tests or args.tests_only, not args.tests_only)}
+    out_name = "results_tests.json" if args.tests_only else "results.json"
     # In a fresh process, as every stage runs (measured inside a long-lived process that had driven DVC, the
     # same step ran ~25% slower; not explained).
-    out = subprocess.run([sys.executable, __file__, "--throughput"], check=True, capture_output=True, text=True,
-                         env={**os.environ, "TQDM_DISABLE": "1"}).stdout
-    results["throughput"] = json.loads(out.strip().splitlines()[-1])
+    if not args.tests_only:
+        out = subprocess.run([sys.executable, __file__, "--throughput"], check=True, capture_output=True, text=True,
+                             env={**os.environ, "TQDM_DISABLE": "1"}).stdout
+        results["throughput"] = json.loads(out.strip().splitlines()[-1])
     print(f"{'':22s} {'HEAD':>9s} {args.ref:>9s} {'ratio':>7s}   (medians of {args.rounds} alternating rounds)")
     for key, v in results["summary"].items():
         print(f"{key:22s} {v['head']:9.2f} {v['ref']:9.2f} {v['ratio']:7.3f}")
     for name in ("head", "ref"):
         stages = {}
         for r in results["runs"][name]:
-            for s, t in r["cold_stage_s"].items():
+            for s, t in r.get("cold_stage_s", {}).items():
                 stages.setdefault(s, []).append(t)
-        print(f"cold stages, {name}: " + ", ".join(f"{s} {statistics.median(v):.1f}" for s, v in stages.items()))
-    tp = results["throughput"]
-    print(f"SAE step: {tp['steps_per_s']} steps/s, ratio to the matmul reference {tp['ratio']:.3f} "
-          f"(TopK {tp['topk']['ratio']:.3f})")
-    with open(ROOT / "bench/results.json", "w") as fh:
+        if stages:
+            print(f"cold stages, {name}: " + ", ".join(f"{s} {statistics.median(v):.1f}" for s, v in stages.items()))
+    if "throughput" in results:
+        tp = results["throughput"]
+        print(f"SAE step: {tp['steps_per_s']} steps/s, ratio to the matmul reference {tp['ratio']:.3f} "
+              f"(TopK {tp['topk']['ratio']:.3f})")
+    with open(ROOT / "bench" / out_name, "w") as fh:
         json.dump(results, fh, indent=2)
         fh.write("\n")
 
