@@ -26,7 +26,7 @@ test: install
 
 # The inner loop: every test but the end-to-end ones (real DVC, SSH server, Chromium), in well under a minute
 test-fast: install
-	pytest -q -m "not e2e"
+	pytest -q -n 2 -m "not e2e"
 
 sweep: install
 	python bench/sweep.py $(SWEEP_ARGS)

@@ -252,13 +252,17 @@ def jumprelu_grads(sae: SAE, xb: torch.Tensor, lam: float, kl: tuple[Readout, fl
     grad_pre, sae.threshold.grad = jumprelu_backward(pre, sae.threshold, h, sae.bandwidth,
                                                      grad_x_hat @ sae.W_dec.t(), lam / b)
     if preact is not None and bool(preact[1].any()):
+        # only the dead latents' columns: a few of d_sae, where the full-width version spent ~0.9 ms a step
+        # (a third of it) on multiplying the rest by zero
         coef, dead = preact
-        norms = sae.W_dec.norm(dim=1)  # [M]
-        gap = (sae.threshold - pre).clamp_min_(0) * dead  # [B, M]: relu(θ - pre) on dead latents only
+        idx = dead.nonzero()[:, 0]
+        w_dead = sae.W_dec[idx]
+        norms = w_dead.norm(dim=1)  # [D]
+        gap = (sae.threshold[idx] - pre[:, idx]).clamp_min_(0)  # [B, D]: relu(θ - pre)
         below = (gap > 0).to(pre.dtype) * (norms * (coef / b))
-        grad_pre -= below
-        sae.threshold.grad += below.sum(0)
-        sae.W_dec.grad += (gap.sum(0) * (coef / b) / norms.clamp_min(1e-12))[:, None] * sae.W_dec
+        grad_pre.index_add_(1, idx, below, alpha=-1)  # (index_add_, not `[:, idx] -=`: that writes all of B x M)
+        sae.threshold.grad.index_add_(0, idx, below.sum(0))
+        sae.W_dec.grad.index_add_(0, idx, (gap.sum(0) * (coef / b) / norms.clamp_min(1e-12))[:, None] * w_dead)
     # W_enc is stored column-major (a transposed copy of the decoder at init): compute its gradient in that same
     # layout, which the fused Adam kernel needs (it walks param and grad as flat memory) and which is also the
     # faster product here (213 vs 293 us).
