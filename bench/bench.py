@@ -84,10 +84,12 @@ def dag_round(path: Path) -> dict:
 
 
 def test_command(path: Path) -> str:
-    """The clone's own `make test` recipe (the README's command), run with this venv's python first on PATH."""
+    """The clone's own `make test` recipe (the README's command), run with this venv's python first on PATH and
+    the clone's src/ first on the import path."""
     lines = (path / "Makefile").read_text().splitlines()
     recipe = lines[lines.index(next(ln for ln in lines if ln.startswith("test:"))) + 1].strip()
-    return f"PATH={Path(sys.executable).parent}:$PATH {recipe} -p no:cacheprovider"
+    # PYTHONPATH: the tests import the clone's own library, not the editable install of this checkout
+    return f"PATH={Path(sys.executable).parent}:$PATH PYTHONPATH={path / 'src'} {recipe} -p no:cacheprovider"
 
 
 def median_of(rounds: list[dict], key: str):
