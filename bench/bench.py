@@ -135,24 +135,18 @@ def _matmul_seconds(b, d, m, steps):
     return time.perf_counter() - t0
 
 
-def training_inputs():
-    """The committed run's standardised train activations, the KL readout of its base model, and default params:
-    what train_sae trains on."""
-    import numpy as np
-    import torch
-
-    sys.path.insert(0, str(ROOT / "src"))
-    from sae_pipeline import base
-    from sae_pipeline.activations import load_acts
-    from sae_pipeline.config import ActivationsConfig, SAEConfig
+def training_inputs(site: str = "mlp-hidden"):
+    """The committed run's standardised train activations at ``site``, its KL splice, and its SAE params: what
+    train_sae trains on."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import site_inputs
     from sae_pipeline.runtime import setup_torch
-    from sae_pipeline.sae_train import Readout
+    from sae_pipeline.sae_train import splice_for
 
     setup_torch("cpu")
-    acts = load_acts(np.load(ROOT / "data/activations/acts.npz"), ActivationsConfig())
-    model = base.load_model(torch.load(ROOT / "data/models/base.pt", weights_only=True),
-                            base.load_card(ROOT / "data/models/base.json"))
-    return acts.train, Readout.from_model(model.fc2, acts.shift, acts.scale), SAEConfig()
+    inp = site_inputs.load(site)
+    ctx = inp.site.collect(inp.x["train"])[1]
+    return inp.acts.train, splice_for(inp.site, inp.acts.shift, inp.acts.scale, ctx), inp.sae_cfg
 
 
 def throughput(steps=1200, rounds=6):

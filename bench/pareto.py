@@ -14,38 +14,40 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-def _rows(node, out):
-    """Walk exp show's JSON (commits, experiments, their revs) and collect every run with a summary."""
+def _rows(node, out, site):
+    """Walk exp show's JSON (commits, experiments, their revs) and collect every run with a summary of ``site``
+    (its SAE params: ``sae`` with the site's own ``sites.<site>.sae`` overrides on top)."""
     if isinstance(node, list):
         for n in node:
-            _rows(n, out)
+            _rows(n, out, site)
     elif isinstance(node, dict):
         data = node.get("data")
         if isinstance(data, dict) and "metrics" in data and "params" in data:
-            summary = (data.get("metrics") or {}).get("metrics/summary.json", {}).get("data")
+            summary = (data.get("metrics") or {}).get(f"metrics/sites/{site}/summary.json", {}).get("data")
             params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
             if summary and "sae" in params:
+                sae = {**params["sae"], **(((params.get("sites") or {}).get(site) or {}).get("sae") or {})}
                 out.append({"name": node.get("name") or data.get("name") or node.get("rev"),
-                            "rev": data.get("rev", node.get("rev")),
-                            "arch": params["sae"]["arch"], "target_actives": params["sae"]["target_actives"],
-                            "recipe": params["sae"].get("recipe", ""),
+                            "rev": data.get("rev", node.get("rev")), "site": site,
+                            "arch": sae["arch"], "target_actives": sae["target_actives"],
+                            "recipe": sae.get("recipe", ""),
                             "l0_test": summary["achieved_actives_test"], "delta_acc": summary["delta_acc_jumprelu"],
                             "fvu": summary["fvu"], "kl": summary.get("kl_logits"),
                             "pred_flip_frac": summary.get("pred_flip_frac"), "dead_frac": summary["dead_frac"],
                             "dense_frac": summary.get("dense_frac"), "baseline_acc": summary["baseline_acc"]})
         for v in node.values():
             if isinstance(v, (list, dict)):
-                _rows(v, out)
+                _rows(v, out, site)
 
 
-def table(exp_show: list, prefix: str = "") -> pd.DataFrame:
+def table(exp_show: list, prefix: str = "", site: str = "mlp-hidden") -> pd.DataFrame:
     rows = []
-    _rows(exp_show, rows)
+    _rows(exp_show, rows, site)
     df = pd.DataFrame(rows)
     if prefix and not df.empty:
         df = df[df["name"].astype(str).str.startswith(prefix)]
     if df.empty:
-        raise SystemExit("no experiment with metrics/summary.json in `dvc exp show --json`")
+        raise SystemExit(f"no experiment with metrics/sites/{site}/summary.json in `dvc exp show --json`")
     # workspace, HEAD and an applied experiment can repeat one run: keep one row per (arch, target)
     df = df.drop_duplicates(subset=["arch", "target_actives"], keep="last")
     return df.sort_values(["arch", "target_actives"]).reset_index(drop=True)
@@ -80,6 +82,7 @@ def main():
     ap.add_argument("--exp-json", help="saved `dvc exp show --json` output; default: run it")
     ap.add_argument("--prefix", default="sweep-", help="only experiments whose name starts with this")
     ap.add_argument("--rev", default="HEAD", help="the commit the experiments were based on")
+    ap.add_argument("--site", default="mlp-hidden", help="the site whose SAE the experiments varied")
     args = ap.parse_args()
     if args.exp_json:
         with open(args.exp_json) as f:
@@ -88,7 +91,7 @@ def main():
         out = subprocess.run(["dvc", "exp", "show", "--json", "--rev", args.rev], capture_output=True, text=True,
                              check=True)
         data = json.loads(out.stdout)
-    df = table(data, args.prefix)
+    df = table(data, args.prefix, args.site)
     for out in (args.out_csv, args.out_png):
         os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     df.to_csv(args.out_csv, index=False, lineterminator="\n")

@@ -15,34 +15,34 @@ import statistics
 import sys
 import time
 
-import numpy as np
 import torch
 import yaml
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
-from sae_pipeline import base  # noqa: E402
-from sae_pipeline.activations import load_acts  # noqa: E402
-from sae_pipeline.config import SAEConfig, load_section, read_params  # noqa: E402
+sys.path.insert(0, os.path.dirname(__file__))
+import site_inputs  # noqa: E402
+from sae_pipeline.config import read_params  # noqa: E402
 from sae_pipeline.evaluate import firing_rate, splice  # noqa: E402
 from sae_pipeline.fit import fit_sae  # noqa: E402
 from sae_pipeline.runtime import setup_torch  # noqa: E402
 
 
-def spliced(sae, acts, model, z, y):
+def spliced(sae, inp, split, ctx, y):
     """evaluate.splice on one split, as the rows of this report (Δacc in pp; flips = changed predictions)."""
-    m = splice(sae, acts, model, z, y)
+    m = splice(sae, inp.acts, inp.site, getattr(inp.acts, split), ctx, y)
     return {"dacc_pp": round(100 * (m["base_acc"] - m["recon_acc"]), 3), "flips": round(m["flip_frac"] * len(y)),
             "breaks": m["breaks"], "fixes": m["fixes"], "kl": round(m["kl"], 5), "fvu": round(m["fvu"], 5),
             "l0": round(m["l0"], 3)}
 
 
-def run(cfg: SAEConfig, seed: int, acts, model, y_val, y_test) -> dict:
+def run(inp, seed: int) -> dict:
     t0 = time.perf_counter()
-    res = fit_sae(cfg, acts, model, y_test, seed)  # what the train_sae stage runs
+    y = {s: torch.from_numpy(inp.data[f"y_{s}"]) for s in ("val", "test")}
+    res = fit_sae(inp.sae_cfg, inp.acts, inp.site, inp.x, y["test"], seed)  # what the train_sae stage runs
     sae, lam = res.sae, res.calibration["lambda"]
-    rate = firing_rate(sae, acts.train)
-    return {"seed": seed, "lambda": round(lam, 5), "val": spliced(sae, acts, model, acts.val, y_val),
-            "test": spliced(sae, acts, model, acts.test, y_test),
+    rate = firing_rate(sae, inp.acts.train)
+    ctx = {s: inp.site.collect(inp.x[s])[1] for s in ("val", "test")}
+    return {"seed": seed, "lambda": round(lam, 5), "val": spliced(sae, inp, "val", ctx["val"], y["val"]),
+            "test": spliced(sae, inp, "test", ctx["test"], y["test"]),
             "dead_frac": round((rate == 0).float().mean().item(), 4),
             "dense_frac": round((rate > 0.1).float().mean().item(), 4),
             "seconds": round(time.perf_counter() - t0, 1)}
@@ -50,6 +50,7 @@ def run(cfg: SAEConfig, seed: int, acts, model, y_val, y_test) -> dict:
 
 def main():
     p = argparse.ArgumentParser()
+    p.add_argument("--site", default="mlp-hidden")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--set", action="append", default=[], help="sae.KEY=VALUE over params.yaml")
     p.add_argument("--out", default=None)
@@ -58,22 +59,18 @@ def main():
     for kv in args.set:
         k, v = kv.split("=", 1)
         params["sae"][k] = yaml.safe_load(v)
-    cfg = load_section(params, "sae")
     setup_torch("cpu")
-    acts = load_acts(np.load("data/activations/acts.npz"), load_section(params, "activations"))
-    model = base.load_model(torch.load("data/models/base.pt", weights_only=True), base.load_card("data/models/base.json"))
-    data = np.load("data/prepared/mnist.npz")
-    y_val, y_test = torch.from_numpy(data["y_val"]), torch.from_numpy(data["y_test"])
+    inp = site_inputs.load(args.site, params)
     rows = []
     for seed in args.seeds:
-        rows.append(run(cfg, seed, acts, model, y_val, y_test))
+        rows.append(run(inp, seed))
         print(json.dumps(rows[-1]), flush=True)
     mean = lambda split, key: round(statistics.mean(r[split][key] for r in rows), 4)  # noqa: E731
-    summary = {"set": args.set, "seeds": args.seeds, "rows": rows,
+    summary = {"site": args.site, "set": args.set, "seeds": args.seeds, "rows": rows,
                "mean": {s: {k: mean(s, k) for k in ("dacc_pp", "flips", "breaks", "fixes", "kl", "fvu", "l0")} for s in ("val", "test")},
                "mean_dead_frac": round(statistics.mean(r["dead_frac"] for r in rows), 4),
                "mean_dense_frac": round(statistics.mean(r["dense_frac"] for r in rows), 4)}
-    print("MEAN", args.set, json.dumps(summary["mean"]), "dead", summary["mean_dead_frac"], "dense",
+    print("MEAN", args.site, args.set, json.dumps(summary["mean"]), "dead", summary["mean_dead_frac"], "dense",
           summary["mean_dense_frac"])
     if args.out:
         with open(args.out, "w") as fh:

@@ -1,6 +1,9 @@
-"""Sweep sae.target_actives x sae.arch through DVC's experiment queue, on one machine or split across several.
+"""Sweep the SAE's arch x target L0 at one site through DVC's experiment queue, on one machine or split across
+several. Each experiment sets the site's own overrides (``sites.<site>.sae.arch``, ``.target_actives``), so only
+that site's SAE side reruns.
 
-    make sweep                                   # the whole grid here, then docs/pareto.{png,csv}
+    make sweep                                   # the whole grid at mlp-hidden, then docs/pareto.{png,csv}
+    make sweep SWEEP_ARGS="--site vit-block4"    # the same at another site
     make sweep SWEEP_ARGS="--part 1/2 --push origin"   # machine A: every other experiment, pushed to git remote
     make sweep SWEEP_ARGS="--part 2/2 --push origin"   #   `origin` (refs) and the default DVC remote (data)
     make sweep SWEEP_ARGS="--collect origin"     # anywhere: pull every experiment of this commit, build the plot
@@ -39,12 +42,13 @@ def grid(archs, targets, part: str | None) -> list[tuple[str, int]]:
     return pairs[i - 1::n]
 
 
-def run_queue(pairs, jobs: int, extra: list[str]) -> list[str]:
-    names = [f"sweep-{arch}-{t}" for arch, t in pairs]
+def run_queue(site: str, pairs, jobs: int, extra: list[str]) -> list[str]:
+    names = [f"sweep-{site}-{arch}-{t}" for arch, t in pairs]
     sh("dvc", "exp", "remove", *names, check=False)  # a rerun on the same commit replaces its own results
     for (arch, t), name in zip(pairs, names):
-        sh("dvc", "exp", "run", "--queue", "-n", name, "-S", f"sae.arch={arch}", "-S", f"sae.target_actives={t}",
-           *[a for kv in extra for a in ("-S", kv)])
+        # `++`: set the key whether or not the site already has an sae override (Hydra's override grammar)
+        sh("dvc", "exp", "run", "--queue", "-n", name, "-S", f"++sites.{site}.sae.arch={arch}",
+           "-S", f"++sites.{site}.sae.target_actives={t}", *[a for kv in extra for a in ("-S", kv)])
     # one torch thread per worker: two workers with two threads each on two cores thrash (seen: 10x slower)
     threads = str(max(1, (os.cpu_count() or 1) // jobs))
     sh("dvc", "queue", "start", "-j", str(jobs),
@@ -68,6 +72,7 @@ def run_queue(pairs, jobs: int, extra: list[str]) -> list[str]:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--site", default="mlp-hidden", help="the site (a name under sites: in params.yaml)")
     ap.add_argument("--archs", nargs="+", default=list(ARCHS))
     ap.add_argument("--targets", nargs="+", type=int, default=list(TARGETS))
     ap.add_argument("--part", help="i/n: run only this share of the grid")
@@ -79,12 +84,12 @@ def main():
     ap.add_argument("--out-csv", default="docs/pareto.csv")
     args = ap.parse_args()
     pareto = [sys.executable, os.path.join(os.path.dirname(__file__), "pareto.py"), "--out-png", args.out_png,
-              "--out-csv", args.out_csv]
+              "--out-csv", args.out_csv, "--site", args.site, "--prefix", f"sweep-{args.site}-"]
     if args.collect:
         sh("dvc", "exp", "pull", "--run-cache", args.collect)
         subprocess.run(pareto, check=True)
         return
-    names = run_queue(grid(args.archs, args.targets, args.part), args.jobs, args.set)
+    names = run_queue(args.site, grid(args.archs, args.targets, args.part), args.jobs, args.set)
     if args.push:
         sh("dvc", "exp", "push", "--run-cache", args.push, *names)
         print(f"pushed {len(names)} experiments to {args.push}: {' '.join(names)}")

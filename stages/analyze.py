@@ -1,4 +1,4 @@
-"""Stage analyze: every latent of the exported SAE (evidence, hypothesis, causal effects), the SAE-dependent
+"""Stage analyze (one per site): every latent of the exported SAE (evidence, hypothesis, causal effects), the SAE-dependent
 interpretability metrics next to the baselines, the 50-feature report and the feature browser (test split)."""
 import torch
 
@@ -15,18 +15,20 @@ from sae_pipeline.runtime import run_stage, setup_torch
 def main(args):
     cfg = load_all(read_params(args.params))
     setup_torch("cpu")
+    site_name = cfg["sites"][args.site].site
     acts, data = load_npz(args.acts), load_npz(args.data)
-    h, y = split_tensors(acts, data)
+    h, y = split_tensors(acts, site_name, data)
     pixels = torch.from_numpy(data["x_test"])
     card = base.load_card(args.base_card)
-    model = base.load_model(load_torch(args.base_model), card)
-    res = analyze_sae(sae_from_export(args.sae), model, card, h, y, pixels, cfg["analysis"], cfg["run"].seed)
+    site = base.load_site(load_torch(args.base_model), card, site_name)
+    res = analyze_sae(sae_from_export(args.sae), site, card, h, y, pixels, cfg["analysis"], cfg["run"].seed)
     baselines = load_json(args.baselines, ("neurons", "neurons_p90", "pca", "dense_probe"))
     families = {**res.families, **baselines}
     with atomic_dir(args.browser) as tmp:
         placed = browser.write_images(tmp, res, pixels)
+        where = f"{card['name']} ({card['architecture']}), site {site_name}: {card['sites'][site_name]['row']}"
         (tmp / "index.html").write_text(browser.page_html(res, families, load_json(args.summary),
-                                                          cfg["analysis"], placed))
+                                                          cfg["analysis"], placed, where))
     save_json(args.latents_json, {"split": "test", "latents": res.latents}, compact=True)
     save_csv(args.latents_csv, csv_rows(res.latents))
     save_json(args.report_json, {"split": "test", "select": cfg["analysis"].select, "features": res.report},
@@ -42,5 +44,5 @@ def main(args):
 
 
 if __name__ == "__main__":
-    run_stage(main, "acts", "sae", "base-model", "base-card", "data", "summary", "baselines", "latents-json",
+    run_stage(main, "site", "acts", "sae", "base-model", "base-card", "data", "summary", "baselines", "latents-json",
               "latents-csv", "report-json", "report-csv", "interpretability", "metrics", "browser")

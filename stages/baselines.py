@@ -1,5 +1,5 @@
 """Stage baselines: the interpretability metrics of what the SAE is compared against that does not depend on the
-SAE (the hidden neurons, PCA, the dense probe). Runs once per base model; SAE experiments reuse it."""
+SAE (the site's own units, PCA, the dense probe). One per site; SAE experiments reuse it."""
 from sae_pipeline.analysis.run import baseline_families
 from sae_pipeline.analysis.units import split_tensors
 from sae_pipeline.config import load_all, read_params
@@ -11,11 +11,11 @@ def main(args):
     cfg = load_all(read_params(args.params))
     setup_torch("cpu")
     acts, data = load_npz(args.acts), load_npz(args.data)
-    h, y = split_tensors(acts, data)
+    h, y = split_tensors(acts, cfg["sites"][args.site].site, data)
     out = baseline_families(h, y, cfg["analysis"])
     save_json(args.out, out)
     print({k: v.get("purity_mean", v.get("balanced_accuracy")) for k, v in out.items()})
 
 
 if __name__ == "__main__":
-    run_stage(main, "acts", "data", "out")
+    run_stage(main, "site", "acts", "data", "out")

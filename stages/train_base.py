@@ -1,5 +1,5 @@
-"""Stage train_base: the 784 -> hidden -> 10 classifier, its model card, metrics and plots, and its hidden
-activations on every split (one pass of inference: a stage of its own would cost more in start-up than it does)."""
+"""Stage train_base (one per model): the classifier, its model card, metrics and plots, and its activations at
+every site on every split (one pass of inference: a stage of its own would cost more in start-up than it does)."""
 import torch
 
 from sae_pipeline import activations, base
@@ -15,11 +15,12 @@ def main(args):
     mean, std = float(data["x_train"].mean() / 255), float(data["x_train"].std() / 255)
     prep = lambda split: base.preprocess(data[f"x_{split}"], mean, std)  # noqa: E731
     label = lambda split: torch.from_numpy(data[f"y_{split}"])  # noqa: E731
-    model, history = base.train(cfg["base"], prep("train"), label("train"), cfg["run"].seed, device)
+    model_cfg = cfg["models"][args.name]
+    card = base.model_card(args.name, model_cfg, mean, std)
+    model, history = base.train(model_cfg, card, prep("train"), label("train"), cfg["run"].seed, device)
     model = model.cpu()
     metrics, confusion = base.evaluate(model, prep("val"), label("val"), prep("test"), label("test"),
                                        history[-1]["loss"])
-    card = base.model_card(cfg["base"], mean, std)
     acts = activations.collect(model, card, data)
     save_torch(args.model, model.state_dict())
     save_json(args.card, card)
@@ -27,8 +28,9 @@ def main(args):
     save_csv(args.curve, history)
     save_csv(args.confusion, confusion)
     save_npz(args.acts, **acts)
-    print(f"test_acc={metrics['test_acc']:.4f} val_acc={metrics['val_acc']:.4f} hidden={acts['h_train'].shape[1]}")
+    print(f"{args.name}: test_acc={metrics['test_acc']:.4f} val_acc={metrics['val_acc']:.4f} sites="
+          + ", ".join(f"{s} ({v['width']})" for s, v in card["sites"].items()))
 
 
 if __name__ == "__main__":
-    run_stage(main, "data", "model", "card", "metrics", "curve", "confusion", "acts")
+    run_stage(main, "name", "data", "model", "card", "metrics", "curve", "confusion", "acts")

@@ -16,20 +16,35 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 # A tiny configuration: the real pipeline on 2,000 MNIST images, small models and short trainings.
 TINY = {
     "data": {"limit": 2000, "val_size": 500},
-    "base": {"epochs": 3, "hidden_dim": 32, "batch_size": 32},
+    "models": {
+        "mlp": {"epochs": 3, "hidden_dim": 32, "batch_size": 32},
+        "cnn": {"channels": [4, 8], "pool_grid": 2, "hidden_dim": 16, "epochs": 2, "batch_size": 32},
+        "vit": {"width": 16, "depth": 2, "heads": 2, "mlp_dim": 32, "epochs": 2, "batch_size": 32},
+    },
+    # one site of each kind: a linear rest (mlp), a non-linear rest (cnn pool), a rest that needs the patch
+    # tokens (vit block1)
+    "sites": {"mlp-hidden": {"model": "mlp", "site": "hidden"}, "cnn-pool": {"model": "cnn", "site": "pool"},
+              "vit-block1": {"model": "vit", "site": "block1"}},
     "sae": {"latents": 64, "target_actives": 8, "epochs": 3, "warmstart_epochs": 2, "calib_probes": 2,
             "calib_epochs": 0.5, "dead_steps": 50},
     "analysis": {"n_features": 5, "top_k": 4, "n_intervention": 32, "min_count": 10},
 }
 
 
-def set_params(path: Path, overrides: dict) -> None:
-    params = yaml.safe_load(path.read_text())
-    for section, values in overrides.items():
-        if isinstance(values, dict):
-            params.setdefault(section, {}).update(values)
+REPLACE = ("sites",)  # sections an override replaces whole (the others are merged key by key, nested too)
+
+
+def merge(params: dict, overrides: dict, replace: tuple[str, ...] = REPLACE) -> dict:
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(params.get(key), dict) and key not in replace:
+            merge(params[key], value, ())
         else:
-            params[section] = values
+            params[key] = value
+    return params
+
+
+def set_params(path: Path, overrides: dict) -> None:
+    params = merge(yaml.safe_load(path.read_text()), overrides)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 

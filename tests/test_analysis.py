@@ -10,7 +10,7 @@ from sae_pipeline.analysis.probing import fit_logistic, mean_diff_ranking, probe
 from sae_pipeline.analysis.run import analyze_sae
 from sae_pipeline.analysis.stats import LabelStats, wilson
 from sae_pipeline.analysis.units import neuron_units, pca_units, random_units
-from sae_pipeline.base import MLP
+from sae_pipeline.zoo import MLP, Site
 from sae_pipeline.config import AnalysisConfig
 from sae_pipeline.sae import SAE
 
@@ -67,7 +67,7 @@ def planted_world(seed=0):
 def world():
     sae, model, h, y, pixels = planted_world()
     cfg = AnalysisConfig(n_features=3, top_k=8, n_intervention=64, min_count=20)
-    res = analyze_sae(sae, model, CARD, h, y, pixels, cfg, seed=0)
+    res = analyze_sae(sae, Site(model, "hidden"), CARD, h, y, pixels, cfg, seed=0)
     return res, cfg, y
 
 
@@ -300,3 +300,26 @@ def test_sparse_probe_finds_the_planted_feature():
     assert out["1"]["balanced_accuracy"] > 0.93 and out["1"]["f1"] > 0.7
     dense = probe(x["train"], y["train"], x["test"], y["test"], None)
     assert dense["balanced_accuracy"] >= out["1"]["balanced_accuracy"] - 0.01
+
+
+class GeneralMLP(MLP):
+    """The same MLP, without its linear read-out shortcut: the analysis must take the general path."""
+
+    def readout(self, name):
+        return None
+
+
+def test_the_linear_readout_shortcut_equals_the_general_splice(world):
+    """Causal effects through ``Site.rest`` forward passes (and the DLA through the Jacobian) equal the closed
+    forms that the linear read-out allows, latent by latent."""
+    res, cfg, _ = world
+    sae, model, h, y, pixels = planted_world()
+    general = GeneralMLP("relu", hidden_dim=6)
+    general.load_state_dict(model.state_dict())
+    res_g = analyze_sae(sae, Site(general, "hidden"), CARD, h, y, pixels, cfg, seed=0)
+    keys = ("dla", "delta_logit", "delta_logprob", "flip_to_top_class", "ablation_delta_acc",
+            "ablation_delta_mode_logit", "intervention_top_class", "purity", "hypothesis_classes")
+    for a, b in zip(res.latents, res_g.latents):
+        for k in keys:
+            assert a[k] == pytest.approx(b[k], abs=1e-5), (a["latent"], k)
+    assert torch.allclose(res.heatmaps, res_g.heatmaps)

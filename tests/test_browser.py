@@ -49,8 +49,8 @@ def column(b, key):
 
 def test_browser_sorts_filters_and_cards_agree(tiny_project, browser, tmp_path):
     dest, _ = tiny_project
-    page = dest / "plots/dashboard/index.html"
-    rows = {int(r["latent"]): r for r in csv.DictReader(open(dest / "data/analysis/latents.csv"))}
+    page = dest / "plots/dashboard/vit-block1/index.html"
+    rows = {int(r["latent"]): r for r in csv.DictReader(open(dest / "data/analysis/vit-block1/latents.csv"))}
     live = [u for u, r in rows.items() if r["dead"] == "False"]
     browser.get(page.as_uri())
     assert browser.execute_script("return document.body.dataset.ready") == "1"
@@ -147,3 +147,26 @@ def test_dvc_plots_page_draws_every_chart_offline(tiny_project, browser, tmp_pat
         time.sleep(0.1)
     assert browser.execute_script("return typeof vegaEmbed") == "function"
     assert len(charts) >= 9 and all(ok for _, ok in charts), charts
+
+
+def test_index_page_links_every_site_to_its_browser(tiny_project, browser):
+    """plots/index.html, opened offline: one row per model and per site with its numbers, and each site's link
+    opens that site's feature browser, which links back."""
+    import json
+
+    dest, _ = tiny_project
+    browser.get((dest / "plots/index.html").as_uri())
+    sites = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#sites tbody tr')).map(r => "
+        "[r.cells[0].textContent, r.cells[6].textContent, r.querySelector('a').href])")
+    assert [s for s, _, _ in sites] == ["mlp-hidden", "cnn-pool", "vit-block1"]
+    for name, fvu, _ in sites:
+        want = json.loads((dest / f"metrics/sites/{name}/summary.json").read_text())["fvu"]
+        assert float(fvu) == pytest.approx(want, abs=5e-5)
+    models = browser.execute_script("return Array.from(document.querySelectorAll('#models tbody tr')).length")
+    assert models == 3
+    browser.find_element("link text", "vit-block1").click()
+    assert browser.execute_script("return document.body.dataset.ready") == "1"
+    assert "vit (vit), site block1" in browser.find_element("css selector", "h1").text
+    browser.find_element("link text", "All models and sites").click()
+    assert browser.current_url.endswith("/plots/index.html")

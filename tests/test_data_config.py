@@ -70,29 +70,47 @@ def test_pypi_source_gives_full_mnist(mnist_wheel, monkeypatch):
 BAD = [
     ({"sae": {"tau": -0.1}}, "sae.tau must be > 0"),
     ({"sae": {"latents": 10, "target_actives": 20}}, "sae.target_actives (20) must be < sae.latents (10)"),
-    ({"base": {"ffn_type": "swish"}}, "base.ffn_type must be one of relu, geglu"),
-    ({"base": {"epochs": "three"}}, "base.epochs must be an integer (got 'three')"),
+    ({"models": {"mlp": {"ffn_type": "swish"}}}, "models.mlp.ffn_type must be one of relu, geglu"),
+    ({"models": {"cnn": {"epochs": "three"}}}, "models.cnn.epochs must be an integer (got 'three')"),
+    ({"models": {"vit": {"heads": 3}}}, "models.vit.heads must be > 0 and divide width (64) (got 3)"),
+    ({"models": {"cnn": {"channels": [16]}}}, "models.cnn.channels must be a list of two positive integers"),
+    ({"models": {"vit": {"depth": 2}}}, "sites.vit-block4.site: model vit (vit) has no site 'block4'; its sites: "
+                                        "block1, block2"),
+    ({"models": {"mlp": {"widht": 3}}}, "models.mlp.widht is not a known key"),
     ({"sae": {"target_actives": 0}}, "sae.target_actives must be > 0"),
     ({"analysis": {"n_features": 600}}, "analysis.n_features must be <= sae.latents (512)"),
     ({"data": {"source": "kaggle"}}, "data.source must be one of pypi, torchvision"),
     ({"data": {"val_size": 60000}}, "data.val_size must be > 0 and < the training-pool size 60000"),
-    ({"base": {"hidden_dim": -8}}, "base.hidden_dim must be > 0"),
+    ({"models": {"mlp": {"hidden_dim": -8}}}, "models.mlp.hidden_dim must be > 0"),
     ({"sae": {"taux": 0.1}}, "sae.taux is not a known key"),
     ({"device": "tpu"}, "device must be one of auto, cpu, cuda"),
     ({"activations": {"normalize_z": "yes"}}, "activations.normalize_z must be true or false"),
 ]
 
 
+def _committed(override=None):
+    import yaml
+
+    from conftest import ROOT, merge
+
+    return merge(yaml.safe_load((ROOT / "params.yaml").read_text()), override or {})
+
+
 @pytest.mark.parametrize("override,message", BAD)
 def test_bad_params_name_key_value_and_allowed(override, message):
     with pytest.raises(ConfigError) as e:
-        load_all(override)
+        load_all(_committed(override))
     assert message in str(e.value)
 
 
-def test_defaults_are_valid():
-    cfg = load_all({})
-    assert cfg["sae"].tau == 0.2 and cfg["sae"].latents == 512 and cfg["data"].val_size == 5000
+def test_defaults_are_valid_and_a_site_override_applies_to_its_site_only():
+    from sae_pipeline.config import site_sae
+
+    cfg = load_all(_committed({"sites": {"a": {"model": "mlp", "site": "hidden", "sae": {"latents": 1024}},
+                                         "b": {"model": "vit", "site": "block2"}}}))
+    assert cfg["sae"].tau == 0.2 and cfg["data"].val_size == 5000
+    assert site_sae(cfg, "a").latents == 1024 and site_sae(cfg, "b").latents == 512 == cfg["sae"].latents
+    assert cfg["models"]["cnn"].site_names() == ("pool", "fc")
 
 
 def test_device_selection_as_far_as_a_cpu_allows(monkeypatch):
@@ -117,7 +135,19 @@ FILE_CASES = [
     ({"sae": {"arch": "gated"}}, "sae.arch must be one of jumprelu, topk, relu_l1 (got 'gated')"),
     ({"sae": {"tau": 0}}, "sae.tau must be > 0 (got 0.0)"),
     ({"data": {"val_size": 70000}}, "data.val_size must be > 0 and < the training-pool size 60000 (got 70000)"),
-    ({"base": {"ffn_type": "gelu"}}, "base.ffn_type must be one of relu, geglu (got 'gelu')"),
+    ({"models": {"mlp": {"ffn_type": "gelu"}}}, "models.mlp.ffn_type must be one of relu, geglu (got 'gelu')"),
+    ({"models": {"cnn": {"arch": "resnet"}}}, "models.cnn.arch must be one of mlp, cnn, vit (got 'resnet')"),
+    ({"sites": {"x": {"model": "rnn", "site": "hidden"}}},
+     "sites.x.model must be one of the models (mlp, cnn, vit) (got 'rnn')"),
+    ({"sites": {"x": {"model": "cnn", "site": "hidden"}}},
+     "sites.x.site: model cnn (cnn) has no site 'hidden'; its sites: pool, fc"),
+    ({"sites": {"x": {"model": "cnn"}}}, "sites.x.site is missing"),
+    ({"sites": {"x": {"model": "mlp", "site": "hidden", "sae": {"tau": -1}}}},
+     "sites.x: sae.tau must be > 0 (got -1.0)"),
+    ({"sites": {"x": {"model": "mlp", "site": "hidden", "sae": {"tua": 1}}}}, "sites.x.sae.tua is not a key of sae"),
+    ({"sites": {"My Site": {"model": "mlp", "site": "hidden"}}},
+     "sites: name 'My Site' must be lower-case letters, digits, '-' or '_'"),
+    ({"sites": {}}, "sites must be a mapping of site names to {model, site}"),
     ({"analysis": {"select": "random"}}, "analysis.select must be one of per_class, purity, frequency"),
     ({"sae": {"tua": 0.05}}, "sae.tua is not a known key"),
     ({"sae": {"kl_epochs": 30}}, "sae.kl_epochs must be <= sae.epochs (18) when kl_coef > 0 (got 30)"),
@@ -129,6 +159,7 @@ FILE_CASES = [
     ("not-a-mapping", "params.yaml must hold a mapping of sections (got list)"),
     ("missing-key", "sae.tau is missing from params.yaml; add it back (default 0.2)"),
     ("missing-section", "section analysis is missing from params.yaml"),
+    ("missing-model-key", "models.cnn.pool_grid is missing (a cnn model needs every key of:"),
 ]
 
 
@@ -147,6 +178,8 @@ def test_check_params_refuses_with_one_line_naming_the_key(tmp_path, monkeypatch
         path.write_text("- 1\n- 2\n")
     elif change == "missing-key":
         path.write_text("\n".join(ln for ln in text.splitlines() if not ln.strip().startswith("tau:")))
+    elif change == "missing-model-key":
+        path.write_text("\n".join(ln for ln in text.splitlines() if not ln.strip().startswith("pool_grid:")))
     elif change == "missing-section":
         params = yaml.safe_load(text)
         del params["analysis"]

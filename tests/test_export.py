@@ -13,9 +13,10 @@ def test_export_round_trip_on_raw_activations(tmp_path):
         sae.b_dec.normal_(generator=g)
     shift, scale = torch.rand(12, generator=g) * 3, torch.rand(12, generator=g) + 0.5
     h = torch.relu(torch.randn(200, 12, generator=g) * 2 + 1)
-    export(sae, shift, scale, tmp_path / "saelens", {"note": "test"})
+    export(sae, shift, scale, tmp_path / "saelens", {"note": "test"}, "vit", "block2")
     cfg, w = load_export(tmp_path / "saelens")
     assert cfg["architecture"] == "jumprelu" and cfg["d_in"] == 12 and cfg["d_sae"] == 40
+    assert cfg["metadata"]["model_name"] == "mnist-vit" and cfg["metadata"]["hook_name"] == "block2"
     assert cfg["apply_b_dec_to_input"] is False and cfg["normalize_activations"] == "none"
     assert set(w) == {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"}
     assert w["W_enc"].shape == (12, 40) and w["W_dec"].shape == (40, 12)

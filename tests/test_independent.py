@@ -19,19 +19,20 @@ def wilson(k, n):
     return max(c - h, 0.0), min(c + h, 1.0)
 
 
-def test_metrics_reproduce_from_the_export(tiny_project):
+@pytest.mark.parametrize("site,model,hook", [("mlp-hidden", "mlp", "hidden"), ("vit-block1", "vit", "block1")])
+def test_metrics_reproduce_from_the_export(tiny_project, site, model, hook):
     dest, _ = tiny_project
-    w = load_file(str(dest / "data/sae/saelens/sae_weights.safetensors"))
-    acts, data = np.load(dest / "data/activations/acts.npz"), np.load(dest / "data/prepared/mnist.npz")
-    interp = json.loads((dest / "metrics/interpretability.json").read_text())
-    table = {r["latent"]: r for r in json.loads((dest / "data/analysis/latents.json").read_text())["latents"]}
+    w = load_file(str(dest / f"data/sae/{site}/saelens/sae_weights.safetensors"))
+    acts, data = np.load(dest / f"data/activations/{model}/acts.npz"), np.load(dest / "data/prepared/mnist.npz")
+    interp = json.loads((dest / f"metrics/sites/{site}/interpretability.json").read_text())
+    table = {r["latent"]: r for r in json.loads((dest / f"data/analysis/{site}/latents.json").read_text())["latents"]}
     min_count, high = interp["min_count"], interp["high_purity"]
 
     def encode(h):
         pre = h.astype(np.float64) @ w["W_enc"].astype(np.float64) + w["b_enc"]
         return pre * (pre > w["threshold"])
 
-    f = {s: encode(acts[f"h_{s}"]) for s in ("train", "test")}
+    f = {s: encode(acts[f"{hook}_{s}"]) for s in ("train", "test")}
     y = {s: data[f"y_{s}"] for s in ("train", "test")}
     fires = f["test"] > 0
     counts = np.stack([fires[y["test"] == c].sum(0) for c in range(10)], axis=1)  # [U, 10]

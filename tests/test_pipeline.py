@@ -20,11 +20,29 @@ import yaml
 from conftest import ROOT, run, set_params, snapshot
 from sae_pipeline.export import export_encode, load_export
 
-STAGES = ["check_params", "prepare_data", "train_base", "baselines", "train_sae", "analyze"]
+MODELS, SITES = ["mlp", "cnn", "vit"], ["mlp-hidden", "cnn-pool", "vit-block1"]  # the tiny project's (conftest)
+PER_SITE = ["train_sae", "baselines", "analyze"]
+STAGES = ["check_params", "prepare_data", *(f"train_base@{m}" for m in MODELS),
+          *(f"{st}@{s}" for st in PER_SITE for s in SITES), "index"]
+
+
+def every(stage: str) -> list[str]:
+    return [f"{stage}@{k}" for k in (MODELS if stage == "train_base" else SITES)]
 
 
 def reran(proc) -> list[str]:
-    return re.findall(r"Running stage '([a-z_]+)'", proc.stdout)
+    return re.findall(r"Running stage '([a-z_]+(?:@[a-z0-9_-]+)?)'", proc.stdout)
+
+
+def stage_cmd(dest: Path, name: str) -> str:
+    """A stage's command as DVC runs it (foreach stages resolved for their key, e.g. train_sae@mlp-hidden)."""
+    stage, _, key = name.partition("@")
+    dvc = yaml.safe_load((dest / "dvc.yaml").read_text())["stages"][stage]
+    if not key:
+        return dvc["cmd"]
+    item = yaml.safe_load((dest / "params.yaml").read_text())["models" if stage == "train_base" else "sites"][key]
+    cmd = dvc["do"]["cmd"].replace("${key}", key)
+    return re.sub(r"\$\{item\.(\w+)\}", lambda m: str(item[m.group(1)]), cmd)
 
 
 def test_repro_outputs_and_clean_status(tiny_project):
@@ -33,47 +51,62 @@ def test_repro_outputs_and_clean_status(tiny_project):
     d = np.load(dest / "data/prepared/mnist.npz")
     assert d["x_train"].shape == (1500, 28, 28) and d["x_train"].dtype == np.uint8
     assert d["x_val"].shape == (500, 28, 28) and d["y_test"].dtype == np.int64
-    base = json.loads((dest / "metrics/base.json").read_text())
-    assert 0.7 < base["test_acc"] <= 1 and len(base["per_class_test_acc"]) == 10
-    card = json.loads((dest / "data/models/base.json").read_text())
-    assert {"input_mean", "input_std", "ffn_type", "hidden_dim"} <= set(card)
-    acts = np.load(dest / "data/activations/acts.npz")
-    assert acts["h_train"].shape == (1500, 32) and acts["h_train"].dtype == np.float32
-    assert sorted(acts.files) == ["h_test", "h_train", "h_val"]  # raw: the SAE side applies its normaliser
-    s = json.loads((dest / "metrics/summary.json").read_text())
-    for key in ("baseline_acc", "recon_acc_jumprelu", "delta_acc_jumprelu", "achieved_actives_val",
-                "target_actives", "achieved_actives_test", "fvu", "explained_variance", "cosine_sim",
-                "acc_recovered", "kl_logits", "dead_frac", "dense_frac", "lambda", "tau", "arch"):
-        assert key in s, key
-    # every changed prediction counts in the flip fraction, only the net ones in Δacc
-    assert s["pred_flip_frac"] >= abs(s["delta_acc_jumprelu"]) - 1e-9
-    assert abs(s["achieved_actives_val"] - 8) < 0.1  # tune_theta lands the val L0 on the target
-    cal = json.loads((dest / "metrics/calibration.json").read_text())
-    assert cal["probes"] and all(p["lambda"] > 0 for p in cal["probes"])
-    report = json.loads((dest / "data/analysis/feature_report.json").read_text())
-    assert len(report["features"]) == 5 and report["select"] == "per_class"
-    latents = json.loads((dest / "data/analysis/latents.json").read_text())["latents"]
-    assert [r["latent"] for r in latents] == list(range(64))  # every latent, dead ones flagged
-    interp = json.loads((dest / "metrics/interpretability.json").read_text())
-    assert {"sae", "random", "neurons", "neurons_p90", "pca", "dense_probe"} <= set(interp)
-    assert set(interp["sae"]["probe"]) == {"1", "2", "5", "10"}
-    html = (dest / "plots/dashboard/index.html").read_text()
-    assert "cdn" not in html.lower() and "http" not in html.replace("http-equiv", "")
-    live = [r["latent"] for r in latents if r["n_test"]]
-    assert all((dest / f"plots/dashboard/img/ex_{u}.png").stat().st_size > 50 for u in live)
+    widths = {"mlp": {"hidden": 32}, "cnn": {"pool": 32, "fc": 16}, "vit": {"block1": 16, "block2": 16}}
+    for m in MODELS:
+        base = json.loads((dest / f"metrics/models/{m}.json").read_text())
+        assert 0.2 < base["test_acc"] <= 1 and len(base["per_class_test_acc"]) == 10
+        card = json.loads((dest / f"data/models/{m}/base.json").read_text())
+        assert {"name", "architecture", "input_mean", "input_std", "sites", "forward", "preprocessing"} <= set(card)
+        assert card["architecture"] == m and {s: v["width"] for s, v in card["sites"].items()} == widths[m]
+        acts = np.load(dest / f"data/activations/{m}/acts.npz")  # raw: the SAE side applies its normaliser
+        assert sorted(acts.files) == sorted(f"{s}_{sp}" for s in widths[m] for sp in ("test", "train", "val"))
+        for s, w in widths[m].items():
+            assert acts[f"{s}_train"].shape == (1500, w) and acts[f"{s}_train"].dtype == np.float32
+    for site in SITES:
+        s = json.loads((dest / f"metrics/sites/{site}/summary.json").read_text())
+        for key in ("model", "hook", "d_in", "baseline_acc", "recon_acc_jumprelu", "delta_acc_jumprelu",
+                    "achieved_actives_val", "target_actives", "achieved_actives_test", "fvu", "explained_variance",
+                    "cosine_sim", "acc_recovered", "kl_logits", "dead_frac", "dense_frac", "lambda", "tau", "arch"):
+            assert key in s, key
+        # every changed prediction counts in the flip fraction, only the net ones in Δacc
+        assert s["pred_flip_frac"] >= abs(s["delta_acc_jumprelu"]) - 1e-9
+        assert abs(s["achieved_actives_val"] - 8) < 0.1  # tune_theta lands the val L0 on the target
+        cal = json.loads((dest / f"metrics/sites/{site}/calibration.json").read_text())
+        assert cal["probes"] and all(p["lambda"] > 0 for p in cal["probes"])
+        report = json.loads((dest / f"data/analysis/{site}/feature_report.json").read_text())
+        assert len(report["features"]) == 5 and report["select"] == "per_class"
+        latents = json.loads((dest / f"data/analysis/{site}/latents.json").read_text())["latents"]
+        assert [r["latent"] for r in latents] == list(range(64))  # every latent, dead ones flagged
+        interp = json.loads((dest / f"metrics/sites/{site}/interpretability.json").read_text())
+        assert {"sae", "random", "neurons", "neurons_p90", "pca", "dense_probe"} <= set(interp)
+        assert set(interp["sae"]["probe"]) == {"1", "2", "5", "10"}
+        html = (dest / f"plots/dashboard/{site}/index.html").read_text()
+        assert "cdn" not in html.lower() and "http" not in html.replace("http-equiv", "")
+        assert 'href="../../index.html"' in html
+        live = [r["latent"] for r in latents if r["n_test"]]
+        assert all((dest / f"plots/dashboard/{site}/img/ex_{u}.png").stat().st_size > 50 for u in live)
+    index = (dest / "plots/index.html").read_text()
+    assert all(f'href="dashboard/{site}/index.html"' in index for site in SITES)
+    assert "http" not in index and "<script" not in index
 
 
 def test_export_reproduces_project_numbers(tiny_project):
+    """Each site's SAELens export (hook name = the site) reproduces its L0; the MLP's (a linear rest) also the
+    spliced accuracy from the saved weights alone."""
     dest, _ = tiny_project
-    cfg, w = load_export(dest / "data/sae/saelens")
-    acts = np.load(dest / "data/activations/acts.npz")
-    f = export_encode(cfg, w, torch.from_numpy(acts["h_test"]))
-    s = json.loads((dest / "metrics/summary.json").read_text())
-    assert abs((f > 0).float().sum(-1).mean().item() - s["achieved_actives_test"]) < 1e-3
-    state = torch.load(dest / "data/models/base.pt", weights_only=True)
-    logits = (f @ w["W_dec"] + w["b_dec"]) @ state["fc2.weight"].T + state["fc2.bias"]
     y = torch.from_numpy(np.load(dest / "data/prepared/mnist.npz")["y_test"])
-    assert abs((logits.argmax(-1) == y).float().mean().item() - s["recon_acc_jumprelu"]) < 1e-6
+    for site in SITES:
+        model, hook = yaml.safe_load((dest / "params.yaml").read_text())["sites"][site].values()
+        cfg, w = load_export(dest / f"data/sae/{site}/saelens")
+        assert cfg["metadata"]["hook_name"] == hook and cfg["metadata"]["model_name"] == f"mnist-{model}"
+        acts = np.load(dest / f"data/activations/{model}/acts.npz")
+        f = export_encode(cfg, w, torch.from_numpy(acts[f"{hook}_test"]))
+        s = json.loads((dest / f"metrics/sites/{site}/summary.json").read_text())
+        assert abs((f > 0).float().sum(-1).mean().item() - s["achieved_actives_test"]) < 1e-3
+        if site == "mlp-hidden":
+            state = torch.load(dest / "data/models/mlp/base.pt", weights_only=True)
+            logits = (f @ w["W_dec"] + w["b_dec"]) @ state["fc2.weight"].T + state["fc2.bias"]
+            assert abs((logits.argmax(-1) == y).float().mean().item() - s["recon_acc_jumprelu"]) < 1e-6
 
 
 def test_stage_deps_list_exactly_the_library_files_used():
@@ -85,21 +118,22 @@ def test_stage_deps_list_exactly_the_library_files_used():
     new, changed = stage_deps.sync((ROOT / "dvc.yaml").read_text())
     assert changed == [], changed
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    assert sorted(dvc["stages"]) == sorted(STAGES)
+    assert sorted(dvc["stages"]) == sorted({s.partition("@")[0] for s in STAGES})
     for name, stage in dvc["stages"].items():
-        assert f"stages/{name}.py" in stage["deps"]
-        assert [d for d in stage["deps"] if d.startswith("src/")] == stage_deps.library_deps(ROOT / f"stages/{name}.py")
+        deps = stage.get("do", stage)["deps"]
+        assert f"stages/{name}.py" in deps
+        assert [d for d in deps if d.startswith("src/")] == stage_deps.library_deps(ROOT / f"stages/{name}.py")
     # and the check itself notices a missing dep
-    broken = (ROOT / "dvc.yaml").read_text().replace("      - src/sae_pipeline/fit.py\n", "", 1)
+    broken = (ROOT / "dvc.yaml").read_text().replace("        - src/sae_pipeline/fit.py\n", "", 1)
     assert stage_deps.sync(broken)[1] == ["train_sae"]
 
 
 def test_two_cold_runs_are_byte_identical(tiny):
     dest, env = tiny
-    before = {p.name: p.read_bytes() for p in (dest / "metrics").glob("*.json")}
+    before = {str(p): p.read_bytes() for p in (dest / "metrics").rglob("*.json")}
     lock = (dest / "dvc.lock").read_text()
     assert sorted(reran(run(["dvc", "repro", "-f"], dest, env))) == sorted(STAGES)
-    after = {p.name: p.read_bytes() for p in (dest / "metrics").glob("*.json")}
+    after = {str(p): p.read_bytes() for p in (dest / "metrics").rglob("*.json")}
     assert before == after
     assert (dest / "dvc.lock").read_text() == lock  # every artifact's hash, not just the metrics
 
@@ -107,15 +141,20 @@ def test_two_cold_runs_are_byte_identical(tiny):
 # The stages whose params or deps a change touches directly (`dvc status`); check_params reads the whole file,
 # so it reruns on every edit (in 0.2 s, with a byte-identical output). What runs downstream of them depends on
 # whether their outputs change; test_code_change_in_one_stage_reruns_only_it and the exp-run test run that.
+# The index page tracks the models and sites sections (which it lists), so it is in every change to them.
 INVALIDATION = [
-    ({"sae": {"tau": 0.05}}, ["train_sae"]),
-    ({"sae": {"kl_coef": 20.0}}, ["train_sae"]),
-    ({"activations": {"std_floor": 0.4}}, ["train_sae"]),
-    ({"base": {"hidden_dim": 24}}, ["train_base"]),
-    ({"analysis": {"n_features": 4}}, ["analyze"]),
-    ({"analysis": {"min_count": 12}}, ["baselines", "analyze"]),
+    ({"sae": {"tau": 0.05}}, every("train_sae")),
+    ({"sae": {"kl_coef": 20.0}}, every("train_sae")),
+    ({"activations": {"std_floor": 0.4}}, every("train_sae")),
+    ({"models": {"mlp": {"hidden_dim": 24}}}, ["train_base@mlp", "index"]),
+    ({"models": {"vit": {"epochs": 3}}}, ["train_base@vit", "index"]),
+    ({"sites": {"mlp-hidden": {"model": "mlp", "site": "hidden", "sae": {"latents": 32}},
+                "cnn-pool": {"model": "cnn", "site": "pool"}, "vit-block1": {"model": "vit", "site": "block1"}}},
+     ["train_sae@mlp-hidden", "index"]),
+    ({"analysis": {"n_features": 4}}, every("analyze")),
+    ({"analysis": {"min_count": 12}}, every("baselines") + every("analyze")),
     ({"data": {"val_size": 400}}, ["prepare_data"]),
-    ({"seed": 1}, ["prepare_data", "train_base", "train_sae", "analyze"]),
+    ({"seed": 1}, ["prepare_data", *every("train_base"), *every("train_sae"), *every("analyze")]),
 ]
 
 
@@ -134,18 +173,20 @@ def test_code_change_in_one_stage_reruns_only_it(tiny):
     dest, env = tiny
     with open(dest / "stages/analyze.py", "a") as f:
         f.write("\n# a comment changes the file hash\n")
-    assert reran(run(["dvc", "repro"], dest, env)) == ["analyze"]
+    assert sorted(reran(run(["dvc", "repro"], dest, env))) == sorted(every("analyze"))
     run("git checkout -q stages/analyze.py", dest, env)
     with open(dest / "src/sae_pipeline/sae_train.py", "a") as f:
         f.write("\n# library change\n")
     # train_sae's outputs are byte-identical, so DVC stops there: analyze's deps did not change
-    assert reran(run(["dvc", "repro"], dest, env)) == ["train_sae"]
+    assert sorted(reran(run(["dvc", "repro"], dest, env))) == sorted(every("train_sae"))
 
 
 # check_params's refusals are unit-tested case by case (tests/test_data_config.py); these go through DVC: a bad
 # value, a key missing (DVC tracks params per key), and YAML that DVC itself cannot parse (its own message).
 BAD_PARAMS = [
     ({"sae": {"arch": "gated"}}, "sae.arch must be one of jumprelu, topk, relu_l1 (got 'gated')"),
+    ({"sites": {"mlp-hidden": {"model": "mlp", "site": "hidden"}, "vit-block9": {"model": "vit", "site": "block9"}}},
+     "sites.vit-block9.site: model vit (vit) has no site 'block9'; its sites: block1, block2"),
     ("missing-key", "sae.tau is missing from params.yaml"),
     ("malformed", "'params.yaml', YAML file structure is corrupted"),
 ]
@@ -228,40 +269,41 @@ def test_corrupt_wheel_keeps_the_prepared_data(tiny, tmp_path):
     assert snapshot(dest) == before  # mnist.npz is persist: the failed stage did not delete it
 
 
-@pytest.mark.parametrize("name,stage", [("data/activations/acts.npz", "train_sae"),
-                                        ("data/sae/saelens", "analyze")])
-def test_corrupt_input_is_one_line_and_dvc_repro_heals_it(tiny, name, stage):
-    """A truncated or corrupt intermediate file: the stage that reads it says which file and what to do, in one
-    line (never torch's advice to load with weights_only=False); a plain `dvc repro` reruns the stage that owns
-    the file, which writes it again byte for byte, so every output ends as it was."""
+@pytest.mark.parametrize("name,stage", [("data/activations/vit/acts.npz", "train_sae@vit-block1"),
+                                        ("data/sae/cnn-pool/saelens", "analyze@cnn-pool")])
+def test_corrupt_input_is_one_line_and_its_remedy_restores_every_output(tiny, name, stage):
+    """A truncated intermediate file, with the stage that reads it forced alone (``dvc repro -f -s``): DVC deletes
+    that stage's outputs, git-tracked metrics included, before the stage fails in one line naming the file (never
+    torch's advice to load with weights_only=False). The remedy the line gives, run as given, brings every output
+    back byte for byte (from the run-cache)."""
     dest, env = tiny
     before = snapshot(dest)
     path = dest / name
     target = path / "sae_weights.safetensors" if path.is_dir() else path
     target.write_bytes(target.read_bytes()[: len(target.read_bytes()) // 2])
-    dvc = yaml.safe_load((dest / "dvc.yaml").read_text())
-    cmd = dvc["stages"][stage]["cmd"]
-    proc = run(cmd, dest, env, check=False)
+    proc = run(["dvc", "repro", "-f", "-s", stage], dest, env, check=False)
     out = proc.stderr + proc.stdout
-    assert proc.returncode == 1 and "Traceback" not in out and "weights_only=False" not in out, out
-    assert out.strip().splitlines()[-1].startswith(f"error: {name} ") and "dvc checkout" in out, out
-    run(["dvc", "repro"], dest, env)
+    assert proc.returncode != 0 and "Traceback" not in out and "weights_only=False" not in out, out
+    line = next(ln for ln in out.splitlines() if ln.startswith(f"error: {name} "))
+    assert snapshot(dest) != before  # DVC removed the stage's outputs
+    remedy = re.search(r"Run `([^`]+)`", line).group(1)
+    run(remedy, dest, env)
     assert snapshot(dest) == before
     assert json.loads(run(["dvc", "status", "--json"], dest, env).stdout) == {}
+    assert run("git status --porcelain", dest, env).stdout == ""
 
 
 def test_valid_json_missing_a_key_is_one_line(tiny):
     """A model card that parses but lacks a key (edited by hand, or written by another version): the stage that
     reads it names the file and the key in one line, not a KeyError traceback."""
     dest, env = tiny
-    card = dest / "data/models/base.json"
-    card.write_text(json.dumps({k: v for k, v in json.loads(card.read_text()).items() if k != "hidden_dim"}))
-    cmd = yaml.safe_load((dest / "dvc.yaml").read_text())["stages"]["train_sae"]["cmd"]
-    proc = run(cmd, dest, env, check=False)
+    card = dest / "data/models/cnn/base.json"
+    card.write_text(json.dumps({k: v for k, v in json.loads(card.read_text()).items() if k != "sites"}))
+    proc = run(stage_cmd(dest, "train_sae@cnn-pool"), dest, env, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.strip() == ("error: data/models/base.json lacks 'hidden_dim': it was edited or written by "
-                                   "another version. Restore it with `dvc checkout data/models/base.json`, or "
-                                   "rebuild it with `dvc repro`"), proc.stderr
+    assert proc.stderr.strip() == ("error: data/models/cnn/base.json lacks 'sites': it was edited or written by "
+                                   "another version. Run `dvc repro`: it restores data/models/cnn/base.json and "
+                                   "every output a failed run removed"), proc.stderr
 
 
 def test_unwritable_output_is_one_line(tmp_path):
@@ -286,47 +328,51 @@ def test_unwritable_output_is_one_line(tmp_path):
 def test_sigkill_mid_training_leaves_no_partial_output(tiny):
     dest, env = tiny
     set_params(dest / "params.yaml", {"sae": {"epochs": 20000}})
-    proc = subprocess.Popen(["dvc", "repro", "-s", "-f", "train_sae"], cwd=dest, env=env,
+    proc = subprocess.Popen(["dvc", "repro", "-s", "-f", "train_sae@mlp-hidden"], cwd=dest, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     time.sleep(8)  # DVC start-up, the stage's imports, then ~100,000 training steps: this lands mid-training
     assert proc.poll() is None, proc.stdout.read()
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (dest / "data/sae/sae.pt").exists()  # removed by DVC before the run, never half-written
-    assert not list((dest / "data/sae").glob(".sae.pt.*"))
+    assert not (dest / "data/sae/mlp-hidden/sae.pt").exists()  # removed by DVC before the run, never half-written
+    assert not list((dest / "data/sae/mlp-hidden").glob(".sae.pt.*"))
     run("git checkout -q params.yaml", dest, env)
     before = snapshot(dest)
     run(["dvc", "repro"], dest, env)  # reruns train_sae, or restores it from the run-cache
     assert json.loads(run(["dvc", "status", "--json"], dest, env).stdout) == {}
-    assert (dest / "data/sae/sae.pt").exists() and snapshot(dest).keys() >= before.keys()
+    assert (dest / "data/sae/mlp-hidden/sae.pt").exists() and snapshot(dest).keys() >= before.keys()
 
 
 def test_exp_run_metrics_diff_and_plots(tiny, tmp_path):
     dest, env = tiny
     # the experiment reruns what tau touches, and only that
-    assert reran(run(["dvc", "exp", "run", "-S", "sae.tau=0.05", "-n", "tau005"], dest, env)) == [
-        "check_params", "train_sae", "analyze"]
+    # the experiment reruns what tau touches, and only that: every site's SAE side, nothing upstream
+    ran = reran(run(["dvc", "exp", "run", "-S", "sae.tau=0.05", "-n", "tau005"], dest, env))
+    assert sorted(ran) == sorted(["check_params", *every("train_sae"), *every("analyze"), "index"]), ran
     show = json.loads(run(["dvc", "exp", "show", "--json"], dest, env).stdout)
     text = json.dumps(show)
     for key in ("baseline_acc", "recon_acc_jumprelu", "delta_acc_jumprelu", "achieved_actives_test"):
         assert key in text
     diff = run(["dvc", "metrics", "diff", "HEAD", "--all", "--json"], dest, env).stdout
-    assert "metrics/summary.json" in diff and "delta_acc_jumprelu" in diff and "tau" in diff, diff
+    assert all(f"metrics/sites/{site}/summary.json" in diff for site in SITES), diff
+    assert "delta_acc_jumprelu" in diff and "tau" in diff, diff
     # the sweep's Pareto writer works on what exp show gives
     run(["python", str(ROOT / "bench/pareto.py"), "--out-png", "docs/pareto.png", "--out-csv", "docs/pareto.csv",
          "--prefix", "tau005"], dest, env)
     pareto = (dest / "docs/pareto.csv").read_text().splitlines()
-    assert pareto[0].startswith("name,rev,arch,target_actives,recipe,l0_test,delta_acc,fvu,kl") and len(pareto) == 2
+    assert pareto[0].startswith("name,rev,site,arch,target_actives,recipe,l0_test,delta_acc,fvu,kl") and len(pareto) == 2
     out = tmp_path / "plots_html"
     run(["dvc", "plots", "show", "-o", str(out)], dest, env)
     page = (out / "index.html").read_text()
-    for needle in ("SAE_L0", "SAE_FVU", "SAE_KL", "calibration_probes", "confusion_csv", "Base_model_training_loss"):
+    for needle in ("SAE_L0", "SAE_FVU", "SAE_KL", "calibration_probes", "Base_model_training_loss",
+                   *(f"plots_zoo_confusion_{m}_csv" for m in MODELS)):
         assert needle in page, needle
     assert "<script src=" not in page and "cdn." not in page  # Vega is inlined: the page draws offline
     assert "ex_" not in page and "feature_0" not in page  # per-latent images stay in the browser, not here
     # `dvc exp apply` brings the experiment's outputs with it: nothing stale, nothing modified
     run(["dvc", "exp", "apply", "tau005"], dest, env)
-    assert json.loads((dest / "metrics/summary.json").read_text())["tau"] == 0.05
+    assert json.loads((dest / "metrics/sites/cnn-pool/summary.json").read_text())["tau"] == 0.05
     assert json.loads(run(["dvc", "status", "--json"], dest, env).stdout) == {}
-    live = sum(r["n_test"] > 0 for r in json.loads((dest / "data/analysis/latents.json").read_text())["latents"])
-    assert len(list((dest / "plots/dashboard/img").glob("*.png"))) == 2 * live
+    latents = json.loads((dest / "data/analysis/cnn-pool/latents.json").read_text())["latents"]
+    live = sum(r["n_test"] > 0 for r in latents)
+    assert len(list((dest / "plots/dashboard/cnn-pool/img").glob("*.png"))) == 2 * live

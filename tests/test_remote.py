@@ -17,6 +17,7 @@ from conftest import ROOT, restore, run, set_params, snapshot, with_remote
 
 
 REMOTE = [sys.executable, str(ROOT / "tools/remote.py")]
+SITES = ["mlp-hidden", "cnn-pool", "vit-block1"]  # the tiny project's (conftest)
 
 
 def clone(src, dest, env):
@@ -25,7 +26,7 @@ def clone(src, dest, env):
 
 
 def ran(proc) -> list[str]:
-    return re.findall(r"Running stage '([a-z_]+)'", proc.stdout)
+    return re.findall(r"Running stage '([a-z_]+(?:@[a-z0-9_-]+)?)'", proc.stdout)
 
 
 def test_push_and_pull_give_a_second_clone_identical_artifacts(tiny, sshd, tmp_path):
@@ -37,7 +38,7 @@ def test_push_and_pull_give_a_second_clone_identical_artifacts(tiny, sshd, tmp_p
     size = sum(p.stat().st_size for p in (tmp_path / "remote").rglob("*") if p.is_file())
     b = clone(a, tmp_path / "b", env_a)
     env_b = with_remote(b, env, sshd, tmp_path / "remote")
-    assert not (b / "data/models/base.pt").exists()
+    assert not (b / "data/models/mlp/base.pt").exists()
     t0 = time.time()
     run(REMOTE + ["pull", "--run-cache"], b, env_b)
     print(f"tiny project: pushed {size / 1e6:.1f} MB in {push_s:.1f} s, pulled in {time.time() - t0:.1f} s")
@@ -46,27 +47,38 @@ def test_push_and_pull_give_a_second_clone_identical_artifacts(tiny, sshd, tmp_p
     assert ran(run(["dvc", "repro"], b, env_b)) == []
 
 
-def test_run_cache_restores_an_experiment_instead_of_recomputing_it(tiny, sshd, tmp_path):
-    """Machine A runs sae.tau=0.07 and pushes with --run-cache; machine B, asked for the same experiment, restores
-    every SAE stage from the run-cache ("is cached - skipping run") and ends with A's bytes."""
+def test_models_split_across_two_machines_and_joined_on_a_third(tiny, sshd, tmp_path):
+    """An experiment (sae.tau=0.07) split by model: machine A runs the MLP's sites, machine B the CNN's and the
+    ViT's, each `make push`es (outputs and run-cache); machine C pulls and its `dvc repro` computes only what needs
+    both (the index page): every SAE stage comes from the run-cache ("is cached - skipping run")."""
     a, env = tiny
     env_a = with_remote(a, env, sshd, tmp_path / "remote")
-    run(REMOTE + ["push"], a, env_a)  # the commit's own outputs, which machine B pulls first
-    set_params(a / "params.yaml", {"sae": {"tau": 0.07}})  # a value no other test runs (no local run-cache yet)
-    assert "train_sae" in ran(run(["dvc", "repro"], a, env_a))
-    run(REMOTE + ["push", "--run-cache"], a, env_a)
-    want = snapshot(a)
+    run(REMOTE + ["push"], a, env_a)  # the commit's own outputs, which the machines pull first
     restore(a, env_a)
-    b = clone(a, tmp_path / "b", env_a)
-    env_b = with_remote(b, env, sshd, tmp_path / "remote")
-    run(REMOTE + ["pull", "--run-cache"], b, env_b)
-    set_params(b / "params.yaml", {"sae": {"tau": 0.07}})
-    proc = run(["dvc", "repro"], b, env_b)
-    # check_params always runs (0.2 s; its marker is persist, so not run-cached); nothing else computes
-    assert ran(proc) == ["check_params"], proc.stdout
+    parts = {"A": ["analyze@mlp-*"], "B": ["analyze@cnn-*", "analyze@vit-*"]}
+    for name, globs in parts.items():
+        m = clone(a, tmp_path / name, env_a)
+        env_m = with_remote(m, env, sshd, tmp_path / "remote")
+        run(REMOTE + ["pull"], m, env_m)
+        set_params(m / "params.yaml", {"sae": {"tau": 0.07}})  # a value no other test runs (no run-cache yet)
+        got = ran(run(["dvc", "repro", "--glob", *globs], m, env_m))
+        mine = [f"{st}@{s}" for st in ("train_sae", "analyze") for s in SITES if any(
+            s.startswith(g.split("@")[1][:-1]) for g in globs)]
+        assert sorted(got) == sorted(["check_params", *mine]), got  # its own sites' SAE side, nothing else
+        run(REMOTE + ["push", "--run-cache"], m, env_m)
+    c = clone(a, tmp_path / "C", env_a)
+    env_c = with_remote(c, env, sshd, tmp_path / "remote")
+    run(REMOTE + ["pull", "--run-cache"], c, env_c)
+    set_params(c / "params.yaml", {"sae": {"tau": 0.07}})
+    proc = run(["dvc", "repro"], c, env_c)
+    # check_params always runs (0.2 s; its marker is persist, so not run-cached); index is what needs both
+    assert ran(proc) == ["check_params", "index"], proc.stdout
     for stage in ("train_sae", "analyze"):
-        assert f"Stage '{stage}' is cached - skipping run" in proc.stdout, stage
-    assert snapshot(b) == want
+        for site in SITES:
+            assert f"Stage '{stage}@{site}' is cached - skipping run" in proc.stdout, (stage, site)
+    page = (c / "plots/index.html").read_text()
+    assert all(f"dashboard/{site}/index.html" in page for site in SITES)
+    assert json.loads(run(["dvc", "status", "--json"], c, env_c).stdout) == {}
 
 
 def test_remote_failures_are_one_line_and_a_retry_completes(tiny, sshd, tmp_path):
@@ -159,8 +171,8 @@ def test_sweep_split_across_two_machines_and_collected_on_a_third(tiny, sshd, tm
     run(REMOTE + ["push", "--run-cache"], a, env)
     run(["git", "push", "-q", str(origin), "HEAD:refs/heads/main"], a, env)
     # one experiment a machine: what is tested is the split, the push and the collection, not the grid's size
-    sweep = [sys.executable, str(ROOT / "bench/sweep.py"), "--archs", "jumprelu", "topk", "--targets", "4",
-             "--jobs", "1"]
+    sweep = [sys.executable, str(ROOT / "bench/sweep.py"), "--site", "cnn-pool", "--archs", "jumprelu", "topk",
+             "--targets", "4", "--jobs", "1"]
     names = set()
     for part in ("1/2", "2/2"):
         m = clone(origin, tmp_path / f"machine{part[0]}", env)
@@ -168,7 +180,7 @@ def test_sweep_split_across_two_machines_and_collected_on_a_third(tiny, sshd, tm
         run(REMOTE + ["pull"], m, env_m)
         out = run(sweep + ["--part", part, "--push", "origin"], m, env_m, timeout=900).stdout
         names |= set(re.search(r"pushed 1 experiments to origin: (.+)", out).group(1).split())
-    assert names == {"sweep-jumprelu-4", "sweep-topk-4"}
+    assert names == {"sweep-cnn-pool-jumprelu-4", "sweep-cnn-pool-topk-4"}
     c = clone(origin, tmp_path / "collector", env)
     env_c = with_remote(c, env, sshd, tmp_path / "remote")
     out = run(sweep + ["--collect", "origin", "--out-csv", "docs/pareto.csv", "--out-png", "docs/pareto.png"], c,
@@ -177,4 +189,4 @@ def test_sweep_split_across_two_machines_and_collected_on_a_third(tiny, sshd, tm
     rows = (c / "docs/pareto.csv").read_text().splitlines()
     assert len(rows) == 3 and {r.split(",")[0] for r in rows[1:]} == names
     assert (c / "docs/pareto.png").stat().st_size > 10_000
-    assert not (c / "data/models/base.pt").exists()  # nothing was computed (or even checked out) here
+    assert not (c / "data/models/cnn/base.pt").exists()  # nothing was computed (or even checked out) here

@@ -99,7 +99,7 @@ def _readout(d_in, g, n_classes=5):
 def test_readout_is_fc2_of_unnormalised_input_and_kl_grad_matches_autograd():
     g = torch.Generator().manual_seed(7)
     fc2, shift, scale = _readout(16, g)
-    ro = Readout.from_model(fc2, shift, scale)
+    ro = Readout.from_linear(fc2, shift, scale)
     x, x_hat = torch.randn(32, 16, generator=g, dtype=torch.float64), torch.randn(32, 16, generator=g, dtype=torch.float64)
     assert torch.allclose(ro.logits(x), fc2(x * scale + shift).detach())
     ref = torch.nn.functional.kl_div(fc2(x_hat * scale + shift).log_softmax(-1), fc2(x * scale + shift).log_softmax(-1),
@@ -124,7 +124,7 @@ def test_fused_jumprelu_step_gradients_equal_autograd(kl_coef, preact):
     x = torch.randn(64, 16, generator=g, dtype=torch.float64)
     lam = 0.3
     dead = torch.rand(48, generator=g) < 0.5
-    kl = (Readout.from_model(*_readout(16, g)), kl_coef) if kl_coef else None
+    kl = (Readout.from_linear(*_readout(16, g)), kl_coef, None) if kl_coef else None
     # the reference loss, written out with autograd
     pre = sae.pre_acts(x)
     f, h = sae.activate_l0(pre)
@@ -254,7 +254,7 @@ def test_a_run_shorter_than_its_probe_trains_with_the_kl_term(arch):
     x_val, _ = _planted(n=300, seed=5)
     g = torch.Generator().manual_seed(3)
     fc2, shift, scale = _readout(24, g)
-    ro = Readout.from_model(fc2.float(), shift.float(), scale.float())
+    ro = Readout.from_linear(fc2.float(), shift.float(), scale.float())
     cfg = SAEConfig(arch=arch, latents=32, target_actives=3, epochs=5, kl_epochs=3, calib_epochs=6.0,
                     batch_size=128, calib_probes=2)
     sae, hist, cal = calibrate_and_train(cfg, starting_point(cfg, x, 0), x, x_val, 0, ro)
@@ -284,7 +284,7 @@ def test_kl_finetune_acts_only_in_its_window_and_lowers_the_spliced_kl():
     x, _ = _planted(n=3000)
     g = torch.Generator().manual_seed(3)
     fc2, shift, scale = _readout(24, g)
-    ro = Readout.from_model(fc2.float(), shift.float(), scale.float())
+    ro = Readout.from_linear(fc2.float(), shift.float(), scale.float())
     cfg = SAEConfig(latents=64, target_actives=3, batch_size=100, aux_k_coef=0.0)
     kls = {}
     for coef in (0.0, 5.0):

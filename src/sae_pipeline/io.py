@@ -78,8 +78,9 @@ def unreadable(path, e: Exception) -> Exception:
     """The one-line StageError for an input file that cannot be read, whatever the reader raised."""
     from .runtime import StageError
 
-    return StageError(f"{path} is unreadable ({type(e).__name__}): it is missing, truncated or corrupt. Restore it "
-                      f"with `dvc checkout {path}`, or rebuild it with `dvc repro`")
+    return StageError(f"{path} is unreadable ({type(e).__name__}): it is missing, truncated or corrupt. Run `dvc "
+                      f"repro`: it restores {path} and every output a failed run removed (from DVC's run-cache, or "
+                      "by rerunning their stages)")
 
 
 def load_json(path: str | Path, required: tuple[str, ...] = ()) -> Any:
@@ -94,8 +95,8 @@ def load_json(path: str | Path, required: tuple[str, ...] = ()) -> Any:
     if missing:
         from .runtime import StageError
 
-        raise StageError(f"{path} lacks {missing[0]!r}: it was edited or written by another version. Restore it "
-                         f"with `dvc checkout {path}`, or rebuild it with `dvc repro`")
+        raise StageError(f"{path} lacks {missing[0]!r}: it was edited or written by another version. Run `dvc "
+                         f"repro`: it restores {path} and every output a failed run removed")
     return obj
 
 

@@ -15,6 +15,7 @@ from .metrics import fvu, kl_div_logits, l0
 from .optim import Adam, cosine_lr, linear_tail_lr
 from .runtime import generator
 from .sae import SAE, jumprelu_backward, jumprelu_forward, topk_relu
+from .zoo import Site
 
 LOG_EVERY = 25  # steps between rows of the training-curve plot
 
@@ -52,39 +53,86 @@ class Phase:
 
 
 @dataclass
-class Readout:
-    """The base model's logits as an affine map of the SAE's (normalised) input: ``logits = x @ weight.T + bias``,
-    i.e. fc2 applied to ``x * scale + shift``. Lets a phase add KL(base || spliced) to its loss.
+class Splice:
+    """KL(base || spliced logits) for training, on the SAE's normalised inputs ``z``: the base model's logits with
+    its site activations ``h = z * scale + shift`` replaced by the SAE's reconstruction, through the rest of the
+    model (``Site.rest``). ``rows`` are the batch's row indices in the training split (for the site's context,
+    e.g. the ViT's patch tokens).
 
     Why: an MSE-trained SAE spends its error budget evenly over directions the classifier ignores and directions
     it reads. A short KL+MSE fine-tune at the end of training (Karvonen 2025, arXiv 2503.17272; the end-to-end SAEs
-    of Braun et al. 2024 train on KL throughout) moves the error out of the read-out directions. Here fc2 is
-    128 -> 10, so the extra cost is three tiny matmuls a step. The targets are the base model's own logits on the
-    training split: no labels are used, so the term asks for faithfulness, not for accuracy.
+    of Braun et al. 2024 train on KL throughout) moves the error out of the read-out directions. The targets are
+    the base model's own logits on the training split: no labels are used, so the term asks for faithfulness, not
+    for accuracy. The gradient comes from autograd through the frozen rest of the model; ``Readout`` is the same
+    for a site whose rest is one linear layer, in closed form (tests/test_sae.py checks the two agree).
     """
+
+    site: Site
+    shift: torch.Tensor
+    scale: torch.Tensor
+    ctx: torch.Tensor | None  # [N_train, ...] the site's context of every training row, or None
+
+    def to(self, device: torch.device) -> "Splice":
+        self.site.model.to(device)
+        return Splice(self.site, self.shift.to(device), self.scale.to(device),
+                      None if self.ctx is None else self.ctx.to(device))
+
+    def logits(self, z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        ctx = None if self.ctx is None else self.ctx[rows]
+        return self.site.rest(z * self.scale + self.shift, ctx)
+
+    def kl(self, z: torch.Tensor, z_hat: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Mean KL(base || spliced) over the rows, the same measure the reports use (``metrics.kl_logits``);
+        differentiable in ``z_hat``."""
+        with torch.no_grad():
+            base = self.logits(z, rows)
+        return kl_div_logits(base, self.logits(z_hat, rows))
+
+    def kl_grad(self, z: torch.Tensor, z_hat: torch.Tensor, coef: float, rows: torch.Tensor) -> torch.Tensor:
+        """d/dz_hat of coef · kl."""
+        with torch.enable_grad():
+            leaf = z_hat.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.kl(z, leaf, rows) * coef, leaf)
+        return grad
+
+
+@dataclass
+class Readout:
+    """``Splice`` for a site whose rest of the model is one linear layer (the MLP's ``hidden``, the CNN's ``fc``):
+    ``logits = z @ weight.T + bias`` with the normaliser folded in, and the KL gradient in closed form,
+    ``(q - p)·W / B`` (three small matmuls a step, no autograd graph)."""
 
     weight: torch.Tensor  # [n_classes, d_in]
     bias: torch.Tensor  # [n_classes]
 
     @classmethod
-    def from_model(cls, fc2: torch.nn.Linear, shift: torch.Tensor, scale: torch.Tensor) -> "Readout":
-        w, b = fc2.weight.detach(), fc2.bias.detach()
+    def from_linear(cls, layer: torch.nn.Linear, shift: torch.Tensor, scale: torch.Tensor) -> "Readout":
+        w, b = layer.weight.detach(), layer.bias.detach()
         return cls((w * scale).contiguous(), b + w @ shift)
 
     def to(self, device: torch.device) -> "Readout":
         return Readout(self.weight.to(device), self.bias.to(device))
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.addmm(self.bias, x, self.weight.t())
+    def logits(self, z: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.addmm(self.bias, z, self.weight.t())
 
-    def kl_grad(self, x: torch.Tensor, x_hat: torch.Tensor, coef: float) -> torch.Tensor:
-        """d/dx_hat of coef · mean_rows KL(softmax(logits(x)) || softmax(logits(x_hat))): (q - p)·W / B."""
-        p, q = self.logits(x).softmax(-1), self.logits(x_hat).softmax(-1)
-        return (q - p) @ self.weight * (coef / len(x))
+    def kl_grad(self, z: torch.Tensor, z_hat: torch.Tensor, coef: float, rows: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        p, q = self.logits(z).softmax(-1), self.logits(z_hat).softmax(-1)
+        return (q - p) @ self.weight * (coef / len(z))
 
-    def kl(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-        """Mean KL(base || spliced) over the rows, the same measure the reports use (``metrics.kl_logits``)."""
-        return kl_div_logits(self.logits(x), self.logits(x_hat))
+    def kl(self, z: torch.Tensor, z_hat: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        return kl_div_logits(self.logits(z), self.logits(z_hat))
+
+
+def splice_for(site: Site, shift: torch.Tensor, scale: torch.Tensor, ctx: torch.Tensor | None,
+               general: bool = False) -> Splice | Readout:
+    """The KL splice of a site: the closed-form ``Readout`` where the rest of the model is linear (unless
+    ``general``), else autograd through ``Site.rest``."""
+    layer = site.readout()
+    if layer is not None and not general:
+        return Readout.from_linear(layer, shift, scale)
+    return Splice(site, shift, scale, ctx)
 
 
 def new_sae(cfg: SAEConfig, x: torch.Tensor, seed: int) -> SAE:
@@ -115,18 +163,19 @@ def auxk_loss(sae: SAE, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor,
 
 
 def batches(x: torch.Tensor, batch_size: int, steps: int, gen: torch.Generator):
-    """Batches from fresh seeded permutations; fractional epochs end mid-permutation. Each epoch gathers the
-    permuted rows once and yields contiguous views of them, not a gather per step."""
+    """``(batch, its row indices)`` from fresh seeded permutations; fractional epochs end mid-permutation. Each
+    epoch gathers the permuted rows once and yields contiguous views of them, not a gather per step."""
     n, pos = len(x), len(x)
     for _ in range(steps):
         if pos + batch_size > n:
-            xp, pos = x.index_select(0, torch.randperm(n, generator=gen).to(x.device)), 0
-        yield xp[pos:pos + batch_size]
+            perm = torch.randperm(n, generator=gen).to(x.device)
+            xp, pos = x.index_select(0, perm), 0
+        yield xp[pos:pos + batch_size], perm[pos:pos + batch_size]
         pos += batch_size
 
 
 def run_phase(sae: SAE, x: torch.Tensor, phase: Phase, cfg: SAEConfig, gen: torch.Generator,
-              history: list[dict] | None = None, desc: str = "", readout: Readout | None = None,
+              history: list[dict] | None = None, desc: str = "", readout: Splice | Readout | None = None,
               gate: tuple[int, Callable[[], bool]] | None = None) -> bool:
     """One optimisation phase: Adam, the phase's lr schedule and λ warm-up, θ kept positive.
 
@@ -150,11 +199,12 @@ def run_phase(sae: SAE, x: torch.Tensor, phase: Phase, cfg: SAEConfig, gen: torc
     if phase.kl_coef > 0 and readout is None:
         raise ValueError(f"phase {phase.name} has kl_coef {phase.kl_coef} but no readout")
     kl_start = horizon - round(phase.kl_epochs * per_epoch) if phase.kl_epochs is not None else 0
-    for s, xb in enumerate(tqdm(batches(x, cfg.batch_size, steps, gen), total=steps, desc=desc, leave=False)):
+    for s, (xb, rows) in enumerate(tqdm(batches(x, cfg.batch_size, steps, gen), total=steps, desc=desc,
+                                        leave=False)):
         opt.zero_grad()
         if log_t is not None:
             log_t.grad = None
-        kl = (readout, phase.kl_coef) if phase.kl_coef > 0 and s >= kl_start else None
+        kl = (readout, phase.kl_coef, rows) if phase.kl_coef > 0 and s >= kl_start else None
         lam = phase.lam * min(1.0, (s + 1) / warm_steps) if phase.lam_warmup else phase.lam
         if phase.activation == "jumprelu":
             preact = (phase.preact_coef, since_fired > cfg.revive_after) if phase.preact_coef else None
@@ -181,7 +231,8 @@ def run_phase(sae: SAE, x: torch.Tensor, phase: Phase, cfg: SAEConfig, gen: torc
             with torch.no_grad():
                 mse = (xb - x_hat).pow(2).sum(-1).mean()  # the batch's, before this step's update
                 loss = mse + sparsity_loss(sae, f, f > 0, lam)
-            kl_batch = readout.kl(xb, x_hat).item() if readout is not None else float("nan")
+            with torch.no_grad():
+                kl_batch = readout.kl(xb, x_hat, rows).item() if readout is not None else float("nan")
             if kl:
                 loss = loss + kl[1] * kl_batch
             history.append({
@@ -209,7 +260,7 @@ def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> None:
 
 
 def autograd_grads(sae: SAE, xb: torch.Tensor, lam: float, aux_coef: float, dead: torch.Tensor,
-                   kl: tuple[Readout, float] | None = None):
+                   kl: tuple[Splice | Readout, float, torch.Tensor] | None = None):
     """Gradients (into ``.grad``) of reconstruction + sparsity penalty (+ AuxK) through autograd: the TopK and
     ReLU/L1 phases. Returns detached ``(f, x_hat)``."""
     pre = sae.pre_acts(xb)
@@ -220,16 +271,17 @@ def autograd_grads(sae: SAE, xb: torch.Tensor, lam: float, aux_coef: float, dead
     if aux_coef:
         loss = loss + aux_coef * auxk_loss(sae, xb, x_hat, pre, dead)
     if kl:
-        loss = loss + kl[1] * kl[0].kl(xb, x_hat)
+        loss = loss + kl[1] * kl[0].kl(xb, x_hat, kl[2])
     loss.backward()
     return f.detach(), x_hat.detach()
 
 
 @torch.no_grad()
-def jumprelu_grads(sae: SAE, xb: torch.Tensor, lam: float, kl: tuple[Readout, float] | None = None,
+def jumprelu_grads(sae: SAE, xb: torch.Tensor, lam: float,
+                   kl: tuple[Splice | Readout, float, torch.Tensor] | None = None,
                    preact: tuple[float, torch.Tensor] | None = None):
     """Gradients (into ``.grad``) of the JumpReLU loss ||x - x_hat||^2 + λ·Σ_i H(pre_i - θ_i) (batch means;
-    paper eq. 9), plus ``coef·KL(base || spliced)`` when ``kl = (readout, coef)``, plus the pre-activation loss
+    paper eq. 9), plus ``coef·KL(base || spliced)`` when ``kl = (splice, coef, rows)``, plus the pre-activation loss
     ``c·Σ_i relu(θ_i - pre_i)·||W_dec,i||`` over the latents in ``dead`` when ``preact = (c, dead)`` (Anthropic's
     auxiliary loss for dead latents as SAELens applies it: it pulls a silent latent's pre-activations up and its
     threshold down until it fires again), in one pass without an autograd graph.
@@ -245,7 +297,7 @@ def jumprelu_grads(sae: SAE, xb: torch.Tensor, lam: float, kl: tuple[Readout, fl
     x_hat = sae.decode(f)
     grad_x_hat = (x_hat - xb).mul_(2.0 / b)
     if kl:
-        grad_x_hat += kl[0].kl_grad(xb, x_hat, kl[1])
+        grad_x_hat += kl[0].kl_grad(xb, x_hat, kl[1], kl[2])
     sae.W_dec.grad = f.t() @ grad_x_hat
     sae.b_dec.grad = grad_x_hat.sum(0)
     grad_pre, sae.threshold.grad = jumprelu_backward(pre, sae.threshold, h, sae.bandwidth,
@@ -317,7 +369,8 @@ def final_phase(cfg: SAEConfig, lam: float) -> Phase:
     return Phase(activation, cfg.epochs, lam, cfg.arch, kl_coef=cfg.kl_coef, kl_epochs=cfg.kl_epochs)
 
 
-def train(cfg: SAEConfig, start: SAE, x: torch.Tensor, lam: float, seed: int, readout: Readout | None = None,
+def train(cfg: SAEConfig, start: SAE, x: torch.Tensor, lam: float, seed: int,
+          readout: Splice | Readout | None = None,
           start_history: list[dict] | None = None, gate: tuple[int, Callable[[SAE], bool]] | None = None
           ) -> tuple[SAE, list[dict], bool]:
     """The final run: a copy of the starting point trained with λ (``gate`` as in ``run_phase``). Returns the SAE,
@@ -331,7 +384,7 @@ def train(cfg: SAEConfig, start: SAE, x: torch.Tensor, lam: float, seed: int, re
 
 
 def calibrate_and_train(cfg: SAEConfig, start: SAE, x_train: torch.Tensor, x_val: torch.Tensor, seed: int,
-                        readout: Readout | None = None, start_history: list[dict] | None = None
+                        readout: Splice | Readout | None = None, start_history: list[dict] | None = None
                         ) -> tuple[SAE, list[dict], dict]:
     """The final SAE, with λ calibrated to the target L0 on the final run's own first epochs.
 

@@ -1,13 +1,16 @@
 """Causal effects of every latent on the base model's logits, through the real spliced forward pass.
 
-The spliced model is ``logits = fc2(decode(f))`` with the SAE working on raw hidden activations (the exported
-weights). Three measures, all on the test split, all vectorised over latents (no Python loop over 512 latents):
+The spliced model is ``logits = rest(decode(f), ctx)`` (``Site.rest``: the rest of the model from the site, with
+the SAE working on raw site activations, the exported weights). Three measures, all on the test split, all
+vectorised over latents (no Python loop over 512 latents):
 
-- direct logit attribution: ``W_dec[i] @ fc2.weight.T``, the logit change per unit of latent i;
+- direct logit attribution: the logit change per unit of latent i, ``W_dec[i] @ J.T`` with ``J`` the Jacobian of
+  the logits with respect to the site, averaged over the test inputs. Where the rest of the model is one linear
+  layer, ``J`` is its weight (exact); elsewhere it is the first-order estimate;
 - intervention: add ``v_i · W_dec[i]`` (v_i = the latent's mean activation when it fires) to the reconstruction
-  of a fixed random sample of inputs where it is off; mean Δlogit and Δlog-prob per class, and the share of those
-  inputs whose prediction flips to the most boosted class. fc2 is linear, so the mean Δlogit is v_i times the DLA
-  up to float error; the Δlog-prob and the flips are not linear;
+  of a fixed random sample of inputs where it is off, and run the rest of the model; mean Δlogit and Δlog-prob
+  per class, and the share of those inputs whose prediction flips to the most boosted class. With a linear rest
+  the mean Δlogit is v_i times the DLA (computed that way: the same numbers without the forward passes);
 - ablation: zero latent i where it fires; Δ spliced accuracy (over all test inputs and over those where it fires)
   and the mean Δlogit of the latent's mode class.
 """
@@ -15,19 +18,50 @@ from __future__ import annotations
 
 import torch
 
-from ..base import MLP
 from ..sae import SAE
+from ..zoo import Site
+
+CHUNK = 8192  # rows per forward pass of the rest of the model
 
 
-@torch.no_grad()
-def direct_logit_attribution(sae: SAE, model: MLP) -> torch.Tensor:
-    """[U, C]: the logit change per unit of each latent (its decoder row through fc2)."""
-    return sae.W_dec @ model.fc2.weight.T
+class Spliced:
+    """The SAE's reconstruction spliced into the model on the test split, and its logits under edits that add
+    ``coef * W_dec[owner]`` to the reconstruction of given rows."""
 
+    def __init__(self, sae: SAE, site: Site, f: torch.Tensor, ctx: torch.Tensor | None):
+        self.sae, self.site, self.ctx = sae, site, ctx
+        self.recon = sae.decode(f)
+        self.logits = site.logits(self.recon, ctx)
+        self.linear = site.readout()
 
-@torch.no_grad()
-def spliced_logits(sae: SAE, model: MLP, f: torch.Tensor) -> torch.Tensor:
-    return model.fc2(sae.decode(f))
+    def jacobian(self, n: int = 512) -> torch.Tensor:
+        """[C, d]: d logits / d site activation, averaged over the first ``n`` test inputs."""
+        if self.linear is not None:
+            return self.linear.weight
+        h = self.recon[:n].clone().requires_grad_(True)
+        ctx = None if self.ctx is None else self.ctx[:n]
+        with torch.enable_grad():
+            out = self.site.rest(h, ctx)
+            rows = [torch.autograd.grad(out[:, c].sum(), h, retain_graph=c < out.shape[1] - 1)[0].mean(0)
+                    for c in range(out.shape[1])]
+        return torch.stack(rows)
+
+    def dla(self) -> torch.Tensor:
+        """[U, C]: the logit change per unit of each latent (its decoder row through the Jacobian)."""
+        return self.sae.W_dec @ self.jacobian().T
+
+    def edited(self, rows: torch.Tensor, owner: torch.Tensor, coef: torch.Tensor, dla: torch.Tensor
+               ) -> torch.Tensor:
+        """Logits of ``rows`` with ``coef * W_dec[owner]`` added to their reconstruction (one edit per row)."""
+        before = self.logits[rows]
+        if self.linear is not None:
+            return before + coef[:, None] * dla[owner]
+        out = []
+        for i in range(0, len(rows), CHUNK):
+            r, o, c = rows[i:i + CHUNK], owner[i:i + CHUNK], coef[i:i + CHUNK]
+            h = self.recon[r] + c[:, None] * self.sae.W_dec[o]
+            out.append(self.site.rest(h, None if self.ctx is None else self.ctx[r]))
+        return torch.cat(out) if out else before
 
 
 def _per_latent_mean(values: torch.Tensor, owner: torch.Tensor, n_latents: int) -> torch.Tensor:
@@ -38,8 +72,7 @@ def _per_latent_mean(values: torch.Tensor, owner: torch.Tensor, n_latents: int) 
 
 
 @torch.no_grad()
-def intervention(logits: torch.Tensor, f: torch.Tensor, dla: torch.Tensor, n_inputs: int,
-                 gen: torch.Generator) -> dict:
+def intervention(sp: Spliced, f: torch.Tensor, dla: torch.Tensor, n_inputs: int, gen: torch.Generator) -> dict:
     """Add each latent at its mean active value to ``n_inputs`` random inputs where it is off."""
     n, u = f.shape
     fires = f > 0
@@ -48,8 +81,8 @@ def intervention(logits: torch.Tensor, f: torch.Tensor, dla: torch.Tensor, n_inp
     off = ~fires[perm]  # [N, U], rows in the random order
     take = off & (off.cumsum(0) <= n_inputs)  # the first n_inputs off-rows of each latent in that order
     rows, owner = take.nonzero(as_tuple=True)
-    before = logits[perm[rows]]
-    after = before + value[owner, None] * dla[owner]
+    before = sp.logits[perm[rows]]
+    after = sp.edited(perm[rows], owner, value[owner], dla)
     dlogit = _per_latent_mean(after - before, owner, u)
     dlogp = _per_latent_mean(after.log_softmax(-1) - before.log_softmax(-1), owner, u)
     top = dlogit.argmax(1)
@@ -59,12 +92,12 @@ def intervention(logits: torch.Tensor, f: torch.Tensor, dla: torch.Tensor, n_inp
 
 
 @torch.no_grad()
-def ablation(logits: torch.Tensor, f: torch.Tensor, dla: torch.Tensor, y: torch.Tensor, mode: torch.Tensor) -> dict:
+def ablation(sp: Spliced, f: torch.Tensor, dla: torch.Tensor, y: torch.Tensor, mode: torch.Tensor) -> dict:
     """Zero each latent where it fires: Δ correct predictions and the mode class's mean Δlogit."""
     n, u = f.shape
     rows, owner = (f > 0).nonzero(as_tuple=True)
-    before = logits[rows]
-    after = before - f[rows, owner, None] * dla[owner]
+    before = sp.logits[rows]
+    after = sp.edited(rows, owner, -f[rows, owner], dla)
     gained = (after.argmax(-1) == y[rows]).double() - (before.argmax(-1) == y[rows]).double()
     delta_right = torch.zeros(u, dtype=torch.float64).index_add_(0, owner, gained)
     fires = torch.bincount(owner, minlength=u)

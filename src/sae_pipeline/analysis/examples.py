@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from ..base import MLP, preprocess
+from ..base import preprocess
 from ..sae import SAE
+from ..zoo import N_PIXELS, SIDE, Site
 
 # Below the top examples, the browser shows examples from these activation-quantile bands of a latent's firings
 # (so a reader sees what a typical and a weak firing looks like, not only the strongest), BAND_SAMPLES each.
@@ -35,25 +36,25 @@ def band_examples(f: torch.Tensor, gen: torch.Generator) -> list[list[tuple[str,
     return out
 
 
-def input_gradients(sae: SAE, model: MLP, pixels: torch.Tensor, card: dict, tops: list[list[int]]) -> torch.Tensor:
-    """[U, 28, 28]: d pre_i / d pixel through fc1, the hidden nonlinearity and the encoder, averaged over each
+def input_gradients(sae: SAE, site: Site, pixels: torch.Tensor, card: dict, tops: list[list[int]]) -> torch.Tensor:
+    """[U, 28, 28]: d pre_i / d pixel through the model up to the site and the encoder, averaged over each
     latent's top examples (zeros for a latent without any). Pixels in [0, 255] units of the raw image."""
     owner = torch.tensor([u for u, t in enumerate(tops) for _ in t], dtype=torch.long)
     rows = torch.tensor([j for t in tops for j in t], dtype=torch.long)
-    out = torch.zeros(len(tops), 784)
+    out = torch.zeros(len(tops), N_PIXELS)
     if len(rows):
         x = preprocess(pixels[rows], card["input_mean"], card["input_std"]).requires_grad_(True)
-        pre = sae.pre_acts(model.hidden(x))
+        pre = sae.pre_acts(site.acts(x)[0])
         pre.gather(1, owner[:, None]).sum().backward()
         grad = x.grad / (255.0 * card["input_std"])  # chain rule through x = (pixels/255 - mean)/std
         out.index_add_(0, owner, grad.detach())
         out /= torch.bincount(owner, minlength=len(tops)).clamp_min(1)[:, None]
-    return out.reshape(-1, 28, 28)
+    return out.reshape(-1, SIDE, SIDE)
 
 
 def mean_images(pixels: torch.Tensor, tops: list[list[int]]) -> torch.Tensor:
     """[U, 28, 28]: the mean of each latent's top examples (zeros where none)."""
-    out = torch.zeros(len(tops), 28, 28)
+    out = torch.zeros(len(tops), SIDE, SIDE)
     for u, t in enumerate(tops):
         if t:
             out[u] = pixels[t].float().mean(0)

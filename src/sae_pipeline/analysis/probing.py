@@ -88,7 +88,10 @@ def fit_logistic(x: torch.Tensor, t: torch.Tensor, c: float = 1.0, iters: int = 
         grad = grad_of(s * (p - tf)) + w @ reg
         if float(grad.abs().max()) < tol * n:
             break
-        step = torch.linalg.solve(hess_of(s * p * (1 - p)) + reg, grad[..., None])[..., 0]
+        # one solve per problem: torch 2.14's batched solve through MKL fails on [10, 289, 289] systems (MKL reports
+        # "Parameter 6 was incorrect on entry to DLASWP" and never returns), and it gives the same bytes as these
+        hess = hess_of(s * p * (1 - p)) + reg
+        step = torch.stack([torch.linalg.solve(hess[i], grad[i]) for i in range(b)])
         dz = matvec(step)
         # halve the step where the objective would rise (Newton on separable or badly scaled data)
         scale = torch.ones(b, 1, dtype=torch.float64)

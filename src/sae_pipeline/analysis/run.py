@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..base import MLP
+from ..base import preprocess
 from ..config import AnalysisConfig
 from ..runtime import generator
 from ..sae import SAE
+from ..zoo import Site
 from . import causal, examples, hypotheses, select
 from .families import family_metrics
 from .probing import probe
@@ -85,9 +86,9 @@ def density_hists(f: torch.Tensor) -> list[dict]:
 
 
 @torch.no_grad()
-def analyze_sae(sae: SAE, model: MLP, card: dict, h: dict[str, torch.Tensor], y: dict[str, torch.Tensor],
+def analyze_sae(sae: SAE, site: Site, card: dict, h: dict[str, torch.Tensor], y: dict[str, torch.Tensor],
                 pixels: torch.Tensor, cfg: AnalysisConfig, seed: int) -> AnalysisResult:
-    """``sae`` works on raw hidden activations ``h`` (the SAELens export); ``pixels``/``y["test"]`` are test."""
+    """``sae`` works on the raw site activations ``h`` (the SAELens export); ``pixels``/``y["test"]`` are test."""
     sae_u = sae_units(sae, h)
     f = sae_u.acts["test"]
     st = {s: LabelStats.of(sae_u.fires[s], y[s]) for s in SPLITS}
@@ -98,15 +99,16 @@ def analyze_sae(sae: SAE, model: MLP, card: dict, h: dict[str, torch.Tensor], y:
     held = hypotheses.score(hyp, st["test"], sae_u.fires["test"], y["test"])
     calib = hypotheses.calibration(hyp, held)
 
-    dla = causal.direct_logit_attribution(sae, model)
-    logits = causal.spliced_logits(sae, model, f)
-    iv = causal.intervention(logits, f, dla, cfg.n_intervention, generator(seed, 100))
-    ab = causal.ablation(logits, f, dla, y["test"], st["test"].mode)
+    ctx = site.collect(preprocess(pixels, card["input_mean"], card["input_std"]))[1]
+    sp = causal.Spliced(sae, site, f, ctx)
+    dla = sp.dla()
+    iv = causal.intervention(sp, f, dla, cfg.n_intervention, generator(seed, 100))
+    ab = causal.ablation(sp, f, dla, y["test"], st["test"].mode)
 
     tops = examples.top_examples(f, cfg.top_k)
     bands = examples.band_examples(f, generator(seed, 101))
     with torch.enable_grad():
-        heat = examples.input_gradients(sae, model, pixels, card, tops)
+        heat = examples.input_gradients(sae, site, pixels, card, tops)
     nearest = nearest_by_decoder(sae, live)
     hists = density_hists(f)
 
@@ -216,7 +218,8 @@ def feature_report_entry(r: dict) -> dict:
         },
         "direct_logit_attribution": r["dla"],
         "dla_top_class": r["dla_top_class"],
-        # fc2 is linear, so these agree unless float error flips a near-zero sign; kept for the research contract
+        # with a linear rest of the model these agree unless float error flips a near-zero sign (elsewhere the DLA
+        # is first-order); kept for the research contract
         "causal_signs_agree": (r["delta_logit"][top] > 0) == (r["dla"][top] > 0),
         "ablation": {"delta_acc": r["ablation_delta_acc"],
                      "delta_acc_where_active": r["ablation_delta_acc_where_active"],

@@ -23,10 +23,12 @@ from ..sae import SAE
 SPLITS = ("train", "val", "test")
 
 
-def split_tensors(acts: dict, data: dict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """The raw hidden activations ``h`` and labels ``y`` of every split, from train_base's ``acts.npz``
+def split_tensors(acts: dict, site: str, data: dict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The raw activations ``h`` at ``site`` and labels ``y`` of every split, from train_base's ``acts.npz``
     and prepare_data's ``mnist.npz`` (as loaded by ``io.load_npz``)."""
-    h = {s: torch.from_numpy(acts[f"h_{s}"]) for s in SPLITS}
+    from ..activations import site_acts
+
+    h = {s: torch.from_numpy(v) for s, v in site_acts(acts, site).items()}
     y = {s: torch.from_numpy(data[f"y_{s}"]) for s in SPLITS}
     return h, y
 QUANTILE = 0.9  # firing threshold of neurons_p90 and pca: above the train 90th percentile

@@ -64,7 +64,8 @@ def write_images(out_dir: Path, res: AnalysisResult, pixels: torch.Tensor) -> di
     return out
 
 
-def page_html(res: AnalysisResult, families: dict, summary: dict, cfg, placed: dict) -> str:
+def page_html(res: AnalysisResult, families: dict, summary: dict, cfg, placed: dict, where: str) -> str:
+    """``where``: the model and site, e.g. "mlp (mlp), site hidden: one image: the hidden layer"."""
     sel_rank = {u: i for i, u in enumerate(res.selected)}
     data = {
         "img_prefix": IMG_DIR + "/",
@@ -83,7 +84,8 @@ def page_html(res: AnalysisResult, families: dict, summary: dict, cfg, placed: d
 <html lang="en"><head><meta charset="utf-8"><title>SAE feature browser</title>
 <style>{(HERE / "browser.css").read_text()}</style></head>
 <body>
-<h1>SAE feature browser <small>(MNIST MLP hidden layer; statistics on the test split)</small></h1>
+<h1>SAE feature browser <small>(MNIST {html.escape(where)}; statistics on the test split)</small></h1>
+<p><a href="../../index.html">All models and sites</a></p>
 <p>{html.escape(headline)} Hypotheses are derived on train and scored on test; grades come from the 95% lower
 bound of the share of firings in the named digits (high ≥ 90%, medium ≥ 70%, low ≥ 50%).</p>
 <details open id="summary"><summary>Against baselines</summary><div id="summary-body"></div></details>
