@@ -24,7 +24,7 @@ repro: install
 
 # Two workers on two cores (pytest-xdist): each builds its own tiny project and SSH server once
 test: install
-	pytest -q -n 2
+	pytest -q -n 2 --dist worksteal
 
 # The inner loop: every test but the end-to-end ones (real DVC, SSH server, Chromium), in well under a minute
 test-fast: install

@@ -20,7 +20,7 @@ import yaml
 from conftest import ROOT, run, set_params, snapshot
 from sae_pipeline.export import export_encode, load_export
 
-MODELS, SITES = ["mlp", "cnn", "vit"], ["mlp-hidden", "cnn-pool", "vit-block1"]  # the tiny project's (conftest)
+MODELS, SITES = ["mlp", "vit"], ["mlp-hidden", "vit-block1"]  # the tiny project's (conftest)
 PER_SITE = ["train_sae", "baselines", "analyze"]
 STAGES = ["check_params", "prepare_data", *(f"train_base@{m}" for m in MODELS),
           *(f"{st}@{s}" for st in PER_SITE for s in SITES), "index"]
@@ -51,7 +51,7 @@ def test_repro_outputs_and_clean_status(tiny_project):
     d = np.load(dest / "data/prepared/mnist.npz")
     assert d["x_train"].shape == (1500, 28, 28) and d["x_train"].dtype == np.uint8
     assert d["x_val"].shape == (500, 28, 28) and d["y_test"].dtype == np.int64
-    widths = {"mlp": {"hidden": 32}, "cnn": {"pool": 32, "fc": 16}, "vit": {"block1": 16, "block2": 16}}
+    widths = {"mlp": {"hidden": 32}, "vit": {"block1": 16, "block2": 16}}
     for m in MODELS:
         base = json.loads((dest / f"metrics/models/{m}.json").read_text())
         assert 0.2 < base["test_acc"] <= 1 and len(base["per_class_test_acc"]) == 10
@@ -149,7 +149,7 @@ INVALIDATION = [
     ({"models": {"mlp": {"hidden_dim": 24}}}, ["train_base@mlp", "index"]),
     ({"models": {"vit": {"epochs": 3}}}, ["train_base@vit", "index"]),
     ({"sites": {"mlp-hidden": {"model": "mlp", "site": "hidden", "sae": {"latents": 32}},
-                "cnn-pool": {"model": "cnn", "site": "pool"}, "vit-block1": {"model": "vit", "site": "block1"}}},
+                "vit-block1": {"model": "vit", "site": "block1"}}},
      ["train_sae@mlp-hidden", "index"]),
     ({"analysis": {"n_features": 4}}, every("analyze")),
     ({"analysis": {"min_count": 12}}, every("baselines") + every("analyze")),
@@ -270,7 +270,7 @@ def test_corrupt_wheel_keeps_the_prepared_data(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("name,stage", [("data/activations/vit/acts.npz", "train_sae@vit-block1"),
-                                        ("data/sae/cnn-pool/saelens", "analyze@cnn-pool")])
+                                        ("data/sae/mlp-hidden/saelens", "analyze@mlp-hidden")])
 def test_corrupt_input_is_one_line_and_its_remedy_restores_every_output(tiny, name, stage):
     """A truncated intermediate file, with the stage that reads it forced alone (``dvc repro -f -s``): DVC deletes
     that stage's outputs, git-tracked metrics included, before the stage fails in one line naming the file (never
@@ -297,12 +297,12 @@ def test_valid_json_missing_a_key_is_one_line(tiny):
     """A model card that parses but lacks a key (edited by hand, or written by another version): the stage that
     reads it names the file and the key in one line, not a KeyError traceback."""
     dest, env = tiny
-    card = dest / "data/models/cnn/base.json"
+    card = dest / "data/models/vit/base.json"
     card.write_text(json.dumps({k: v for k, v in json.loads(card.read_text()).items() if k != "sites"}))
-    proc = run(stage_cmd(dest, "train_sae@cnn-pool"), dest, env, check=False)
+    proc = run(stage_cmd(dest, "train_sae@vit-block1"), dest, env, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.strip() == ("error: data/models/cnn/base.json lacks 'sites': it was edited or written by "
-                                   "another version. Run `dvc repro`: it restores data/models/cnn/base.json and "
+    assert proc.stderr.strip() == ("error: data/models/vit/base.json lacks 'sites': it was edited or written by "
+                                   "another version. Run `dvc repro`: it restores data/models/vit/base.json and "
                                    "every output a failed run removed"), proc.stderr
 
 
@@ -371,8 +371,8 @@ def test_exp_run_metrics_diff_and_plots(tiny, tmp_path):
     assert "ex_" not in page and "feature_0" not in page  # per-latent images stay in the browser, not here
     # `dvc exp apply` brings the experiment's outputs with it: nothing stale, nothing modified
     run(["dvc", "exp", "apply", "tau005"], dest, env)
-    assert json.loads((dest / "metrics/sites/cnn-pool/summary.json").read_text())["tau"] == 0.05
+    assert json.loads((dest / "metrics/sites/vit-block1/summary.json").read_text())["tau"] == 0.05
     assert json.loads(run(["dvc", "status", "--json"], dest, env).stdout) == {}
-    latents = json.loads((dest / "data/analysis/cnn-pool/latents.json").read_text())["latents"]
+    latents = json.loads((dest / "data/analysis/vit-block1/latents.json").read_text())["latents"]
     live = sum(r["n_test"] > 0 for r in latents)
-    assert len(list((dest / "plots/dashboard/cnn-pool/img").glob("*.png"))) == 2 * live
+    assert len(list((dest / "plots/dashboard/vit-block1/img").glob("*.png"))) == 2 * live

@@ -17,7 +17,7 @@ from conftest import ROOT, restore, run, set_params, snapshot, with_remote
 
 
 REMOTE = [sys.executable, str(ROOT / "tools/remote.py")]
-SITES = ["mlp-hidden", "cnn-pool", "vit-block1"]  # the tiny project's (conftest)
+SITES = ["mlp-hidden", "vit-block1"]  # the tiny project's (conftest)
 
 
 def clone(src, dest, env):
@@ -48,14 +48,14 @@ def test_push_and_pull_give_a_second_clone_identical_artifacts(tiny, sshd, tmp_p
 
 
 def test_models_split_across_two_machines_and_joined_on_a_third(tiny, sshd, tmp_path):
-    """An experiment (sae.tau=0.07) split by model: machine A runs the MLP's sites, machine B the CNN's and the
-    ViT's, each `make push`es (outputs and run-cache); machine C pulls and its `dvc repro` computes only what needs
+    """An experiment (sae.tau=0.07) split by model: machine A runs the MLP's sites, machine B the ViT's, each
+    `make push`es (outputs and run-cache); machine C pulls and its `dvc repro` computes only what needs
     both (the index page): every SAE stage comes from the run-cache ("is cached - skipping run")."""
     a, env = tiny
     env_a = with_remote(a, env, sshd, tmp_path / "remote")
     run(REMOTE + ["push"], a, env_a)  # the commit's own outputs, which the machines pull first
     restore(a, env_a)
-    parts = {"A": ["analyze@mlp-*"], "B": ["analyze@cnn-*", "analyze@vit-*"]}
+    parts = {"A": ["analyze@mlp-*"], "B": ["analyze@vit-*"]}
     for name, globs in parts.items():
         m = clone(a, tmp_path / name, env_a)
         env_m = with_remote(m, env, sshd, tmp_path / "remote")
@@ -171,7 +171,7 @@ def test_sweep_split_across_two_machines_and_collected_on_a_third(tiny, sshd, tm
     run(REMOTE + ["push", "--run-cache"], a, env)
     run(["git", "push", "-q", str(origin), "HEAD:refs/heads/main"], a, env)
     # one experiment a machine: what is tested is the split, the push and the collection, not the grid's size
-    sweep = [sys.executable, str(ROOT / "bench/sweep.py"), "--site", "cnn-pool", "--archs", "jumprelu", "topk",
+    sweep = [sys.executable, str(ROOT / "bench/sweep.py"), "--site", "vit-block1", "--archs", "jumprelu", "topk",
              "--targets", "4", "--jobs", "1"]
     names = set()
     for part in ("1/2", "2/2"):
@@ -180,7 +180,7 @@ def test_sweep_split_across_two_machines_and_collected_on_a_third(tiny, sshd, tm
         run(REMOTE + ["pull"], m, env_m)
         out = run(sweep + ["--part", part, "--push", "origin"], m, env_m, timeout=900).stdout
         names |= set(re.search(r"pushed 1 experiments to origin: (.+)", out).group(1).split())
-    assert names == {"sweep-cnn-pool-jumprelu-4", "sweep-cnn-pool-topk-4"}
+    assert names == {"sweep-vit-block1-jumprelu-4", "sweep-vit-block1-topk-4"}
     c = clone(origin, tmp_path / "collector", env)
     env_c = with_remote(c, env, sshd, tmp_path / "remote")
     out = run(sweep + ["--collect", "origin", "--out-csv", "docs/pareto.csv", "--out-png", "docs/pareto.png"], c,
@@ -189,4 +189,4 @@ def test_sweep_split_across_two_machines_and_collected_on_a_third(tiny, sshd, tm
     rows = (c / "docs/pareto.csv").read_text().splitlines()
     assert len(rows) == 3 and {r.split(",")[0] for r in rows[1:]} == names
     assert (c / "docs/pareto.png").stat().st_size > 10_000
-    assert not (c / "data/models/cnn/base.pt").exists()  # nothing was computed (or even checked out) here
+    assert not (c / "data/models/vit/base.pt").exists()  # nothing was computed (or even checked out) here
