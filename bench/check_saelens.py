@@ -28,6 +28,7 @@ with torch.no_grad():
 y = torch.from_numpy(inp.data["y_test"])
 acc = (logits.argmax(-1) == y).float().mean().item()
 summary = json.load(open(paths["metrics"]))
-print(f"{args.site} ({sae.cfg.metadata.hook_name}): {type(sae).__name__}: L0 {(f > 0).float().sum(-1).mean().item():.6f} "
+l0 = (f > 0).float().sum(-1).mean().item()
+print(f"{args.site} ({sae.cfg.metadata.hook_name}): {type(sae).__name__}: L0 {l0:.6f} "
       f"(project {summary['achieved_actives_test']}), spliced accuracy {acc:.6f} "
       f"(project {summary['recon_acc_jumprelu']})")

@@ -58,7 +58,8 @@ def get(d, dotted):
 
 # The contract is the MLP's (the one model of the releases before the zoo): its files, under the names they had
 # then, which bench/machines.json records.
-WHERE = {"metrics/base.json": "metrics/models/mlp.json", "metrics/summary.json": "metrics/sites/mlp-hidden/summary.json",
+WHERE = {"metrics/base.json": "metrics/models/mlp.json",
+         "metrics/summary.json": "metrics/sites/mlp-hidden/summary.json",
          "metrics/interpretability.json": "metrics/sites/mlp-hidden/interpretability.json",
          "metrics/analysis.json": "metrics/sites/mlp-hidden/analysis.json"}
 
