@@ -15,8 +15,7 @@ def main(args):
     out_dir = os.path.dirname(os.path.abspath(args.out))
     write_text(args.out, build(models, sites, args.models, args.sites, os.path.relpath(args.dashboards, out_dir)))
     with atomic_dir(args.gathered) as tmp:
-        for folder in args.curves:
-            names = models if os.path.basename(folder) == "base_train" else sites
+        for folder, names in ((args.base_train, models), (args.sae_train, sites), (args.calibration, sites)):
             (tmp / f"{os.path.basename(folder)}.csv").write_text(gather_csv(folder, names))
         # confusion matrices stay one file per model (one chart each), in this one output folder: DVC writes a
         # .gitignore into a folder that holds several stages' outputs, which `dvc plots show` would read as a plot
@@ -26,15 +25,5 @@ def main(args):
 
 
 if __name__ == "__main__":
-    import sys
-
-    # --curves takes several folders: split them off before run_stage's one-value arguments
-    i = sys.argv.index("--curves") if "--curves" in sys.argv else len(sys.argv)
-    j = next((k for k in range(i + 1, len(sys.argv)) if sys.argv[k].startswith("--")), len(sys.argv))
-    curves, sys.argv = sys.argv[i + 1:j], sys.argv[:i] + sys.argv[j:]
-
-    def with_curves(args):
-        args.curves = curves
-        main(args)
-
-    run_stage(with_curves, "models", "sites", "dashboards", "out", "confusion", "gathered")
+    run_stage(main, "models", "sites", "dashboards", "out", "base-train", "sae-train", "calibration", "confusion",
+              "gathered")
