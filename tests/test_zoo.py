@@ -63,6 +63,7 @@ def test_each_site_splits_the_forward_pass_exactly(trained, name):
             h, ctx = site.acts(x[:200])
             assert h.shape == (200, card["sites"][s]["width"])
             assert torch.allclose(site.rest(h, ctx), model(x[:200]), atol=1e-5), s
+            assert torch.allclose(model.all_sites(x[:200])[s], h, atol=1e-6), s  # the one-pass collection
     data = {f"x_{s}": x_np[:300] for s in ("train", "val", "test")}
     acts = activations.collect(model, card, data)
     assert sorted(acts) == sorted(activations.key(s, sp) for s in card["sites"] for sp in activations.SPLITS)
@@ -103,6 +104,40 @@ def test_vit_block_site_replaces_only_the_cls_token(trained):
     assert torch.allclose(got, want, atol=1e-5) and not torch.allclose(got, model(x[:50]), atol=1e-3)
     assert site.acts(x[:5])[1].shape == (5, 16, 16)  # the 16 patch tokens
     assert zoo.Site(model, "block2").acts(x[:5])[1] is None  # after the last block only CLS is read
+
+
+def test_vit_last_block_cls_shortcut_equals_the_full_block(trained):
+    """``Block.forward_cls`` (only the CLS row of the last block, what every forward pass reads) equals the full
+    block's CLS row, values and gradients, so training and splicing through it are the general path."""
+    out, _, x, _ = trained
+    model = out["vit"][0]
+    t = model.tokens(x[:64]).detach().requires_grad_(True)
+    blk = model.blocks[-1]
+    full, short = blk(t)[:, 0], blk.forward_cls(t)
+    assert torch.allclose(short, full, atol=1e-5)
+    w = torch.randn(full.shape, generator=torch.Generator().manual_seed(3))
+    g_full = torch.autograd.grad((full * w).sum(), [t, *blk.parameters()])
+    g_short = torch.autograd.grad((short * w).sum(), [t, *blk.parameters()])
+    for a, b in zip(g_full, g_short):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert not torch.allclose(g_full[0][:, 1:], torch.zeros(()))  # the patch tokens matter (as keys and values)
+
+
+def test_precomputed_base_logits_give_the_same_kl(trained):
+    """``Splice.with_base`` (the base logits of every training row computed once) is the same KL and gradient as
+    computing them every step."""
+    out, _, x, _ = trained
+    s = zoo.Site(out["vit"][0], "block1")
+    h, ctx = s.collect(x[:300])
+    shift, scale = h.mean(0), h.std(0) + 0.5
+    z = (h - shift) / scale
+    rows = torch.randperm(300, generator=torch.Generator().manual_seed(4))[:64]
+    z_hat = z[rows] + 0.3 * torch.randn(64, z.shape[1], generator=torch.Generator().manual_seed(5))
+    each, once = splice_for(s, shift, scale, ctx), splice_for(s, shift, scale, ctx, z_train=z)
+    assert once.base is not None and each.base is None
+    assert torch.allclose(once.kl(z[rows], z_hat, rows), each.kl(z[rows], z_hat, rows), atol=1e-6)
+    assert torch.allclose(once.kl_grad(z[rows], z_hat, 2.0, rows), each.kl_grad(z[rows], z_hat, 2.0, rows),
+                          atol=1e-7)
 
 
 @pytest.mark.parametrize("name,site", [("mlp-relu", "hidden"), ("cnn", "fc")])

@@ -10,7 +10,7 @@ import torch
 
 from .base import preprocess
 from .config import ActivationsConfig
-from .zoo import Classifier, Site
+from .zoo import CHUNK, Classifier
 
 SPLITS = ("train", "val", "test")
 
@@ -22,12 +22,13 @@ def key(site: str, split: str) -> str:
 @torch.no_grad()
 def collect(model: Classifier, card: dict, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``<site>_<split>``: the activations at every site of the model on every split, float32, as the model
-    computes them."""
+    computes them (``Classifier.all_sites``: every site in one forward pass)."""
     out = {}
     for split in SPLITS:
         x = preprocess(data[f"x_{split}"], card["input_mean"], card["input_std"])
+        parts = [model.all_sites(x[i:i + CHUNK]) for i in range(0, len(x), CHUNK)]
         for site in card["sites"]:
-            out[key(site, split)] = Site(model, site).collect(x, 8192)[0].numpy()
+            out[key(site, split)] = torch.cat([p[site] for p in parts]).numpy()
     return out
 
 

@@ -36,7 +36,7 @@ def fit_sae(cfg: SAEConfig, acts: Acts, site: Site, x: dict[str, torch.Tensor], 
     on = acts.to(device)
     needs_ctx = site.readout() is None and site.acts(x["test"][:1])[1] is not None
     ctx = {s: site.collect(x[s])[1] for s in ("train", "test")} if needs_ctx else {"train": None, "test": None}
-    readout = splice_for(site, acts.shift, acts.scale, ctx["train"]).to(device)
+    readout = splice_for(site, acts.shift, acts.scale, ctx["train"], z_train=acts.train).to(device)
     history: list[dict] = []
     start = starting_point(cfg, on.train, seed, history)
     sae, history, calibration = calibrate_and_train(cfg, start, on.train, on.val, seed, readout, history)

@@ -71,11 +71,18 @@ class Splice:
     shift: torch.Tensor
     scale: torch.Tensor
     ctx: torch.Tensor | None  # [N_train, ...] the site's context of every training row, or None
+    base: torch.Tensor | None = None  # [N_train, C] the base model's logits on every training row, or None
 
     def to(self, device: torch.device) -> "Splice":
         self.site.model.to(device)
         return Splice(self.site, self.shift.to(device), self.scale.to(device),
-                      None if self.ctx is None else self.ctx.to(device))
+                      *(None if t is None else t.to(device) for t in (self.ctx, self.base)))
+
+    def with_base(self, z_train: torch.Tensor) -> "Splice":
+        """The same splice with the base logits of every training row computed once, here: they never change, and
+        recomputing them every step was a third of the KL term's cost where the rest of the model is deep."""
+        base = self.site.logits(z_train * self.scale + self.shift, self.ctx)
+        return Splice(self.site, self.shift, self.scale, self.ctx, base)
 
     def logits(self, z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         ctx = None if self.ctx is None else self.ctx[rows]
@@ -83,9 +90,12 @@ class Splice:
 
     def kl(self, z: torch.Tensor, z_hat: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Mean KL(base || spliced) over the rows, the same measure the reports use (``metrics.kl_logits``);
-        differentiable in ``z_hat``."""
-        with torch.no_grad():
-            base = self.logits(z, rows)
+        differentiable in ``z_hat``. ``z`` are the rows' own activations, read only without ``base``."""
+        if self.base is not None:
+            base = self.base[rows]
+        else:
+            with torch.no_grad():
+                base = self.logits(z, rows)
         return kl_div_logits(base, self.logits(z_hat, rows))
 
     def kl_grad(self, z: torch.Tensor, z_hat: torch.Tensor, coef: float, rows: torch.Tensor) -> torch.Tensor:
@@ -126,13 +136,15 @@ class Readout:
 
 
 def splice_for(site: Site, shift: torch.Tensor, scale: torch.Tensor, ctx: torch.Tensor | None,
-               general: bool = False) -> Splice | Readout:
+               general: bool = False, z_train: torch.Tensor | None = None) -> Splice | Readout:
     """The KL splice of a site: the closed-form ``Readout`` where the rest of the model is linear (unless
-    ``general``), else autograd through ``Site.rest``."""
+    ``general``), else autograd through ``Site.rest`` (with the base logits of ``z_train``, the training rows,
+    computed once when given)."""
     layer = site.readout()
     if layer is not None and not general:
         return Readout.from_linear(layer, shift, scale)
-    return Splice(site, shift, scale, ctx)
+    splice = Splice(site, shift, scale, ctx)
+    return splice if z_train is None else splice.with_base(z_train)
 
 
 def new_sae(cfg: SAEConfig, x: torch.Tensor, seed: int) -> SAE:

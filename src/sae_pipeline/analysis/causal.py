@@ -19,9 +19,7 @@ from __future__ import annotations
 import torch
 
 from ..sae import SAE
-from ..zoo import Site
-
-CHUNK = 8192  # rows per forward pass of the rest of the model
+from ..zoo import CHUNK, Site
 
 
 class Spliced:
