@@ -64,21 +64,22 @@ def clone(rev, dest):
     return dest
 
 
-def one_round(path: Path, tests: bool, dag: bool = True) -> dict:
+def one_round(path: Path, tests: bool, dag: bool = True, targets: str = "") -> dict:
     out = {}
     if dag:
-        out.update(dag_round(path))
+        out.update(dag_round(path, targets))
     if tests:
         out["test_s"], _ = timed(test_command(path), path)
     return out
 
 
-def dag_round(path: Path) -> dict:
+def dag_round(path: Path, targets: str = "") -> dict:
+    """``targets``: stage names to run instead of the whole DAG (and what they need), e.g. one model's sites."""
     out = {}
-    out["cold_repro_s"], out["cold_stage_s"] = timed("dvc repro -f", path)
-    out["noop_repro_s"], _ = timed("dvc repro", path)
+    out["cold_repro_s"], out["cold_stage_s"] = timed(f"dvc repro -f {targets}", path)
+    out["noop_repro_s"], _ = timed(f"dvc repro {targets}", path)
     shutil.rmtree(path / ".dvc/cache/runs", ignore_errors=True)  # a first run of the experiment, not a restore
-    out["tau_experiment_s"], out["tau_experiment_stage_s"] = timed("dvc exp run -S sae.tau=0.05", path)
+    out["tau_experiment_s"], out["tau_experiment_stage_s"] = timed(f"dvc exp run -S sae.tau=0.05 {targets}", path)
     sh(RESET, path)
     return out
 
@@ -97,7 +98,7 @@ def median_of(rounds: list[dict], key: str):
     return round(statistics.median(vals), 2) if vals else None
 
 
-def side_by_side(ref: str, rounds: int, tests: bool, dag: bool = True) -> dict:
+def side_by_side(ref: str, rounds: int, tests: bool, dag: bool = True, head_targets: str = "") -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="sae-bench-"))
     clones = {"head": clone("HEAD", tmp / "head"), "ref": clone(ref, tmp / "ref")}
     for path in clones.values():  # outputs in place first (the data download, caches), untimed, and committed
@@ -109,14 +110,14 @@ def side_by_side(ref: str, rounds: int, tests: bool, dag: bool = True) -> dict:
     for r in range(rounds):
         for name in (("head", "ref") if r % 2 == 0 else ("ref", "head")):
             print(f"round {r + 1}/{rounds}: {name}", flush=True)
-            runs[name].append(one_round(clones[name], tests, dag))
+            runs[name].append(one_round(clones[name], tests, dag, head_targets if name == "head" else ""))
     shutil.rmtree(tmp, ignore_errors=True)
     summary = {}
     for key in ("cold_repro_s", "noop_repro_s", "tau_experiment_s", "test_s"):
         h, f = median_of(runs["head"], key), median_of(runs["ref"], key)
         if h is not None:
             summary[key] = {"head": h, "ref": f, "ratio": round(h / f, 3)}
-    return {"ref": ref, "rounds": rounds, "summary": summary, "runs": runs}
+    return {"ref": ref, "rounds": rounds, "head_targets": head_targets, "summary": summary, "runs": runs}
 
 
 def _matmul_seconds(b, d, m, steps):
@@ -195,6 +196,9 @@ def main():
     ap.add_argument("--tests", action="store_true", help="also time the test suite in both clones")
     ap.add_argument("--tests-only", action="store_true", help="time only the test suites (no DAG runs)")
     ap.add_argument("--throughput", action="store_true", help="only the SAE step (prints one JSON line)")
+    ap.add_argument("--head-targets", default="", help="HEAD runs only these stages (and what they need), e.g. "
+                    "analyze@mlp-hidden: the MLP-only configuration against a single-model reference")
+    ap.add_argument("--out", default=None, help="results file (default bench/results.json)")
     args = ap.parse_args()
     if args.throughput:
         print(json.dumps(throughput()))
@@ -203,8 +207,9 @@ def main():
 
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                           f"{_cpu_model()}", "torch": torch.__version__,
-               **side_by_side(args.ref, args.rounds, args.tests or args.tests_only, not args.tests_only)}
-    out_name = "results_tests.json" if args.tests_only else "results.json"
+               **side_by_side(args.ref, args.rounds, args.tests or args.tests_only, not args.tests_only,
+                              args.head_targets)}
+    out_name = args.out or ("results_tests.json" if args.tests_only else "results.json")
     # In a fresh process, as every stage runs (measured inside a long-lived process that had driven DVC, the
     # same step ran ~25% slower; not explained).
     if not args.tests_only:

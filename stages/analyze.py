@@ -3,7 +3,7 @@ interpretability metrics next to the baselines, the 50-feature report and the fe
 import torch
 
 from sae_pipeline import base, browser
-from sae_pipeline.analysis.run import analyze_sae
+from sae_pipeline.analysis.run import PROBE_KEY, analyze_sae
 from sae_pipeline.analysis.units import split_tensors
 from sae_pipeline.analysis.table import csv_rows
 from sae_pipeline.config import load_all, read_params
@@ -21,8 +21,9 @@ def main(args):
     pixels = torch.from_numpy(data["x_test"])
     card = base.load_card(args.base_card)
     site = base.load_site(load_torch(args.base_model), card, site_name)
-    res = analyze_sae(sae_from_export(args.sae), site, card, h, y, pixels, cfg["analysis"], cfg["run"].seed)
-    baselines = load_json(args.baselines, ("neurons", "neurons_p90", "pca", "dense_probe"))
+    baselines = load_json(args.baselines, ("neurons", "neurons_p90", "pca", "dense_probe", PROBE_KEY))
+    res = analyze_sae(sae_from_export(args.sae), site, card, h, y, pixels, cfg["analysis"], cfg["run"].seed,
+                      baselines.pop(PROBE_KEY))
     families = {**res.families, **baselines}
     with atomic_dir(args.browser) as tmp:
         placed = browser.write_images(tmp, res, pixels)
@@ -40,7 +41,9 @@ def main(args):
     m = res.metrics
     print(f"{m['n_live']} live latents; selected ({m['select']}) purity {m['selected_purity_mean']:.2f}, "
           f"{m['selected_label_coverage']}/10 digits; SAE mean purity {families['sae']['purity_mean']:.2f} vs "
-          f"neurons {families['neurons']['purity_mean']:.2f}, random {families['random']['purity_mean']:.2f}")
+          f"neurons {families['neurons']['purity_mean']:.2f}, random {families['random']['purity_mean']:.2f}; "
+          f"absorption {families['sae']['absorption']['absorption_rate_mean']:.3f}, latents to 90% recall "
+          f"{families['sae']['absorption']['latents_to_90_mean']:.1f}")
 
 
 if __name__ == "__main__":

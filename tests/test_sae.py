@@ -6,7 +6,8 @@ import torch
 from sae_pipeline.config import SAEConfig
 from sae_pipeline.sae import SAE, jumprelu, step
 from sae_pipeline.sae_train import (Phase, Readout, calibrate_and_train, clip_grad_norm, evaluate_split,
-                                    init_threshold, jumprelu_grads, run_phase, starting_point, train, tune_threshold)
+                                    init_threshold, jumprelu_grads, nested_mse, run_phase, starting_point, train,
+                                    tune_threshold)
 
 
 def _inputs(seed=0, n=64, d=16):
@@ -145,6 +146,35 @@ def test_fused_jumprelu_step_gradients_equal_autograd(kl_coef, preact):
         assert torch.allclose(p.grad, ref[n], atol=1e-12), n
         assert p.grad.stride() == p.stride(), n  # the fused Adam kernel needs the parameter's layout
         assert p.grad.abs().sum() > 0, n  # every parameter, θ included, gets a non-trivial gradient here
+
+
+@pytest.mark.parametrize("prefixes,kl_coef", [((8,), 0.0), ((4, 20), 3.0), ((), 0.0)])
+def test_matryoshka_step_gradients_equal_autograd_of_the_nested_loss(prefixes, kl_coef):
+    """The JumpReLU step with nested prefixes (block-wise suffix sums of the residual gradients) against autograd
+    through ``nested_mse``, which writes the Matryoshka loss out prefix by prefix; ``()`` is the plain SAE."""
+    g = torch.Generator().manual_seed(5)
+    sae = SAE(16, 48, "jumprelu", bandwidth=0.5, generator=g).double()
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.5, generator=g)
+        sae.threshold.uniform_(0.1, 1.0, generator=g)
+    x = torch.randn(64, 16, generator=g, dtype=torch.float64)
+    kl = (Readout.from_linear(*_readout(16, g)), kl_coef, None) if kl_coef else None
+    pre = sae.pre_acts(x)
+    f, h = sae.activate_l0(pre)
+    mse, x_hat = nested_mse(sae, f, x, prefixes)
+    loss = mse + 0.3 * h.sum(-1).mean() + (kl_coef * kl[0].kl(x, x_hat) if kl else 0.0)
+    loss.backward()
+    ref = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    for p in sae.parameters():
+        p.grad = None
+    _, x_hat2 = jumprelu_grads(sae, x, 0.3, kl, None, prefixes)
+    assert torch.allclose(x_hat2, sae(x).detach())  # the last prefix is the whole dictionary
+    for n, p in sae.named_parameters():
+        assert torch.allclose(p.grad, ref[n], atol=1e-12), n
+        assert p.grad.stride() == p.stride(), n
+    if prefixes:  # the nested loss is not the plain one: the first block's decoder gets the prefixes' residuals
+        plain = (sae.decode(f) - x).pow(2).sum(-1).mean()
+        assert not torch.allclose(mse, plain)
 
 
 def test_clip_grad_norm_scales_all_gradients_together():

@@ -7,7 +7,7 @@ fails loudly instead of being ignored.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -288,9 +288,17 @@ class SAEConfig(Section):
     calib_probes: int = 8  # at most this many λ probes (sae_train.calibrate_and_train)
     calib_epochs: float = 6.0  # length of one probe (warmstart: at most the STE phase; relu_l1: a full run)
     calib_tolerance: float = 0.05  # stop when the val L0 is within this fraction of the target
+    # Matryoshka SAE (Bussmann et al. 2025): the sizes of the nested prefixes of the dictionary that must each
+    # reconstruct the input on their own (the whole dictionary is always the last); [] = a plain SAE
+    matryoshka: list = field(default_factory=list)
 
     def validate(self) -> None:
         self.check("arch", self.arch in ARCHS, "one of " + ", ".join(ARCHS))
+        m = self.matryoshka
+        ok = isinstance(m, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in m) and all(
+            0 < a < b for a, b in zip(m, m[1:] + [self.latents]))
+        self.check("matryoshka", ok, f"a list of increasing prefix sizes between 0 and sae.latents ({self.latents}), "
+                                     "or [] (a plain SAE)")
         self.check("recipe", self.recipe in RECIPES, "one of " + ", ".join(RECIPES))
         self.check("target_actives", self.target_actives > 0, "> 0")
         if self.latents <= self.target_actives:

@@ -220,10 +220,10 @@ def run_phase(sae: SAE, x: torch.Tensor, phase: Phase, cfg: SAEConfig, gen: torc
         lam = phase.lam * min(1.0, (s + 1) / warm_steps) if phase.lam_warmup else phase.lam
         if phase.activation == "jumprelu":
             preact = (phase.preact_coef, since_fired > cfg.revive_after) if phase.preact_coef else None
-            f, x_hat = jumprelu_grads(sae, xb, lam, kl, preact)
+            f, x_hat = jumprelu_grads(sae, xb, lam, kl, preact, cfg.matryoshka)
         else:
             f, x_hat = autograd_grads(sae, xb, lam, cfg.aux_k_coef if use_aux else 0.0,
-                                      since_fired > cfg.dead_steps, kl)
+                                      since_fired > cfg.dead_steps, kl, cfg.matryoshka)
         if log_t is not None:  # d/d log θ = θ · d/dθ
             log_t.grad = sae.threshold.grad * sae.threshold.detach()
             sae.threshold.grad = None
@@ -271,14 +271,37 @@ def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> None:
             g.mul_(scale)
 
 
+def nested_bounds(d_sae: int, prefixes: list[int] | tuple[int, ...]) -> list[int]:
+    """``[0, m_1, ..., m_k, d_sae]``: the edges of the Matryoshka blocks (``[0, d_sae]`` for a plain SAE)."""
+    return [0, *prefixes, d_sae]
+
+
+def nested_mse(sae: SAE, f: torch.Tensor, xb: torch.Tensor, prefixes) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reconstruction loss and the full reconstruction. Plain: mean over rows of ||x - x_hat||². Matryoshka
+    (Bussmann et al. 2025, "Learning multi-level features with Matryoshka SAEs"): the mean of that loss over the
+    nested prefixes' reconstructions ``x_hat_k = f[:, :m_k] @ W_dec[:m_k] + b_dec``, the whole dictionary being the
+    last: the first latents must reconstruct on their own, so they learn the coarse, whole features. (A mean, not
+    Bussmann et al.'s sum: the same optimum up to λ's scale, which calibration sets, and λ_init stays right.)"""
+    bounds = nested_bounds(sae.d_sae, prefixes)
+    x_hat, total = sae.b_dec, 0.0
+    for a, b in zip(bounds, bounds[1:]):
+        x_hat = x_hat + f[:, a:b] @ sae.W_dec[a:b]
+        total = total + (x_hat - xb).pow(2).sum() / len(xb)
+    return total / (len(bounds) - 1), x_hat
+
+
 def autograd_grads(sae: SAE, xb: torch.Tensor, lam: float, aux_coef: float, dead: torch.Tensor,
-                   kl: tuple[Splice | Readout, float, torch.Tensor] | None = None):
-    """Gradients (into ``.grad``) of reconstruction + sparsity penalty (+ AuxK) through autograd: the TopK and
-    ReLU/L1 phases. Returns detached ``(f, x_hat)``."""
+                   kl: tuple[Splice | Readout, float, torch.Tensor] | None = None, prefixes=()):
+    """Gradients (into ``.grad``) of reconstruction (``nested_mse``) + sparsity penalty (+ AuxK) through autograd:
+    the TopK and ReLU/L1 phases, and the reference the JumpReLU's hand-written gradients are tested against.
+    Returns detached ``(f, x_hat)``."""
     pre = sae.pre_acts(xb)
     f, h = sae.activate_l0(pre)
-    x_hat = sae.decode(f)
-    mse = F.mse_loss(x_hat, xb, reduction="sum") / len(xb)  # = mean over rows of ||x - x_hat||^2
+    if prefixes:
+        mse, x_hat = nested_mse(sae, f, xb, prefixes)
+    else:
+        x_hat = sae.decode(f)
+        mse = F.mse_loss(x_hat, xb, reduction="sum") / len(xb)  # = mean over rows of ||x - x_hat||^2
     loss = mse + sparsity_loss(sae, f, h, lam)
     if aux_coef:
         loss = loss + aux_coef * auxk_loss(sae, xb, x_hat, pre, dead)
@@ -291,7 +314,7 @@ def autograd_grads(sae: SAE, xb: torch.Tensor, lam: float, aux_coef: float, dead
 @torch.no_grad()
 def jumprelu_grads(sae: SAE, xb: torch.Tensor, lam: float,
                    kl: tuple[Splice | Readout, float, torch.Tensor] | None = None,
-                   preact: tuple[float, torch.Tensor] | None = None):
+                   preact: tuple[float, torch.Tensor] | None = None, prefixes=()):
     """Gradients (into ``.grad``) of the JumpReLU loss ||x - x_hat||^2 + λ·Σ_i H(pre_i - θ_i) (batch means;
     paper eq. 9), plus ``coef·KL(base || spliced)`` when ``kl = (splice, coef, rows)``, plus the pre-activation loss
     ``c·Σ_i relu(θ_i - pre_i)·||W_dec,i||`` over the latents in ``dead`` when ``preact = (c, dead)`` (Anthropic's
@@ -301,19 +324,36 @@ def jumprelu_grads(sae: SAE, xb: torch.Tensor, lam: float,
     Around the JumpReLU this is only the chain rule through the two affine maps; the STE pseudo-derivatives come
     from ``jumprelu_backward``, the same function autograd calls. At these sizes (a step is ~2 ms, five matmuls
     take 1 ms) autograd's graph bookkeeping is a fifth of a step; tests/test_sae.py checks these gradients
-    against autograd through ``jumprelu`` and ``step``. Returns ``(f, x_hat)``.
+    against autograd through ``jumprelu`` and ``step``. With Matryoshka ``prefixes`` the reconstruction loss is
+    ``nested_mse``'s: block j of the dictionary receives the sum of the residual gradients of every prefix that
+    contains it, so the step costs the same matmuls as a plain one, done block by block. Returns ``(f, x_hat)``.
     """
     b = len(xb)
     pre = sae.pre_acts(xb)
     f, h = jumprelu_forward(pre, sae.threshold)
-    x_hat = sae.decode(f)
-    grad_x_hat = (x_hat - xb).mul_(2.0 / b)
-    if kl:
-        grad_x_hat += kl[0].kl_grad(xb, x_hat, kl[1], kl[2])
-    sae.W_dec.grad = f.t() @ grad_x_hat
-    sae.b_dec.grad = grad_x_hat.sum(0)
-    grad_pre, sae.threshold.grad = jumprelu_backward(pre, sae.threshold, h, sae.bandwidth,
-                                                     grad_x_hat @ sae.W_dec.t(), lam / b)
+    if prefixes:
+        bounds = nested_bounds(sae.d_sae, prefixes)
+        blocks = list(zip(bounds, bounds[1:]))
+        x_hat, grads = sae.b_dec, []
+        for lo, hi in blocks:  # each prefix's reconstruction and its loss gradient, 2(x_hat_k - x) / (B·K)
+            x_hat = x_hat + f[:, lo:hi] @ sae.W_dec[lo:hi]
+            grads.append((x_hat - xb).mul_(2.0 / (b * len(blocks))))
+        if kl:
+            grads[-1] += kl[0].kl_grad(xb, x_hat, kl[1], kl[2])
+        for j in range(len(grads) - 2, -1, -1):  # suffix sums: block j is in prefixes j, j+1, ...
+            grads[j] += grads[j + 1]
+        sae.W_dec.grad = torch.cat([f[:, lo:hi].t() @ g for (lo, hi), g in zip(blocks, grads)])
+        sae.b_dec.grad = grads[0].sum(0)
+        grad_f = torch.cat([g @ sae.W_dec[lo:hi].t() for (lo, hi), g in zip(blocks, grads)], dim=1)
+    else:
+        x_hat = sae.decode(f)
+        grad_x_hat = (x_hat - xb).mul_(2.0 / b)
+        if kl:
+            grad_x_hat += kl[0].kl_grad(xb, x_hat, kl[1], kl[2])
+        sae.W_dec.grad = f.t() @ grad_x_hat
+        sae.b_dec.grad = grad_x_hat.sum(0)
+        grad_f = grad_x_hat @ sae.W_dec.t()
+    grad_pre, sae.threshold.grad = jumprelu_backward(pre, sae.threshold, h, sae.bandwidth, grad_f, lam / b)
     if preact is not None and bool(preact[1].any()):
         # only the dead latents' columns (a few of d_sae): the full-width version multiplied every other column
         # by zero, a third of the step (docs/speed.md)

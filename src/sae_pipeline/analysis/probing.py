@@ -134,8 +134,12 @@ def probe(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_
     xs = (xte - mu) / sd
     z = (w[:, :-1] @ xs.T if cols is None else (xs @ w[:, :-1, None])[..., 0]) + w[:, -1:]
     bal, f1 = _scores(z > 0, t_te)
-    return {"balanced_accuracy": round(float(bal.mean()), 6), "f1": round(float(f1.mean()), 6),
-            "per_class_balanced_accuracy": [round(float(v), 6) for v in bal]}
+    out = {"balanced_accuracy": round(float(bal.mean()), 6), "f1": round(float(f1.mean()), 6),
+           "per_class_balanced_accuracy": [round(float(v), 6) for v in bal]}
+    if cols is None:  # the dense probes in the site's own coordinates, logit = x·weight + bias (absorption.py)
+        out["weight"] = w[:, :-1] / sd
+        out["bias"] = w[:, -1] - (mu / sd) @ w[:, :-1].T
+    return out
 
 
 def sparse_probing(acts_train: torch.Tensor, y_train: torch.Tensor, acts_test: torch.Tensor, y_test: torch.Tensor,

@@ -18,11 +18,13 @@ from ..runtime import generator
 from ..sae import SAE
 from ..zoo import Site
 from . import causal, examples, hypotheses, select
+from .absorption import absorption_metrics
 from .families import family_metrics
 from .probing import probe
 from .stats import LabelStats
 from .units import SPLITS, neuron_units, pca_units, random_units, sae_units
 
+PROBE_KEY = "dense_probe_directions"  # baselines.json's dense probes, per digit, in the site's coordinates
 DENSE_RATE = 0.1  # a latent firing on more than 10% of inputs is "dense" (as metrics/summary.json's dense_frac)
 N_NEAREST = 5
 N_DENSITY_BINS = 20
@@ -87,8 +89,10 @@ def density_hists(f: torch.Tensor) -> list[dict]:
 
 @torch.no_grad()
 def analyze_sae(sae: SAE, site: Site, card: dict, h: dict[str, torch.Tensor], y: dict[str, torch.Tensor],
-                pixels: torch.Tensor, cfg: AnalysisConfig, seed: int) -> AnalysisResult:
-    """``sae`` works on the raw site activations ``h`` (the SAELens export); ``pixels``/``y["test"]`` are test."""
+                pixels: torch.Tensor, cfg: AnalysisConfig, seed: int, probe_dirs: dict | None = None
+                ) -> AnalysisResult:
+    """``sae`` works on the raw site activations ``h`` (the SAELens export); ``pixels``/``y["test"]`` are test.
+    ``probe_dirs``: the baselines' dense probes (``PROBE_KEY``), for the splitting/absorption measures."""
     sae_u = sae_units(sae, h)
     f = sae_u.acts["test"]
     st = {s: LabelStats.of(sae_u.fires[s], y[s]) for s in SPLITS}
@@ -188,6 +192,10 @@ def analyze_sae(sae: SAE, site: Site, card: dict, h: dict[str, torch.Tensor], y:
         "sae": family_metrics(sae_u.acts, sae_u.fires, y, cfg.min_count, cfg.high_purity),
         "random": family_metrics(rand.acts, rand.fires, y, cfg.min_count, cfg.high_purity),
     }
+    if probe_dirs is not None:
+        families["sae"]["absorption"] = absorption_metrics(
+            sae_u.acts, y, h["test"], sae.W_dec.detach(), torch.tensor(probe_dirs["weight"]),
+            torch.tensor(probe_dirs["bias"]), cfg.min_count)
     return AnalysisResult(latents, selected, report, metrics, families, heat, examples.mean_images(pixels, tops),
                           per_class_best(st["train"], st["test"], cfg.min_count))
 
@@ -261,11 +269,13 @@ def baseline_families(h: dict[str, torch.Tensor], y: dict[str, torch.Tensor], cf
     """The SAE-independent baselines: neurons (h > 0 and above their p90), PCA, and the dense probe on all of h."""
     pos, p90 = neuron_units(h)
     pca = pca_units(h)
+    dense = probe(h["train"], y["train"], h["test"], y["test"], None)
     return {
         "neurons": family_metrics(pos.acts, pos.fires, y, cfg.min_count, cfg.high_purity),
         # same activations as "neurons", so the same probes: not refitted
         "neurons_p90": family_metrics(p90.acts, p90.fires, y, cfg.min_count, cfg.high_purity, probe=False),
         "pca": family_metrics(pca.acts, pca.fires, y, cfg.min_count, cfg.high_purity),
-        "dense_probe": {k: v for k, v in probe(h["train"], y["train"], h["test"], y["test"], None).items()
-                        if k != "per_class_balanced_accuracy"},
+        "dense_probe": {"balanced_accuracy": dense["balanced_accuracy"], "f1": dense["f1"]},
+        # not a metric: what analyze's absorption measure reads (``PROBE_KEY`` is left out of the metrics)
+        PROBE_KEY: {"weight": dense["weight"].tolist(), "bias": dense["bias"].tolist()},
     }
