@@ -101,10 +101,11 @@ def median_of(rounds: list[dict], key: str):
 def side_by_side(ref: str, rounds: int, tests: bool, dag: bool = True, head_targets: str = "") -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="sae-bench-"))
     clones = {"head": clone("HEAD", tmp / "head"), "ref": clone(ref, tmp / "ref")}
-    for path in clones.values():  # outputs in place first (the data download, caches), untimed, and committed
-        # in the clone: the reset after each experiment goes back to this machine's outputs, which are in its
-        # cache (a commit's dvc.lock from another CPU type names outputs this cache never had)
-        sh("dvc repro -q && git add -A && git -c user.name=bench -c user.email=bench@localhost commit -q --allow-empty -m "
+    for name, path in clones.items():  # outputs in place first (the data download, caches), untimed, and
+        # committed in the clone: the reset after each experiment goes back to this machine's outputs, which are in
+        # its cache (a commit's dvc.lock from another CPU type names outputs this cache never had)
+        targets = head_targets if name == "head" else ""
+        sh(f"dvc repro -q {targets} && git add -A && git -c user.name=bench -c user.email=bench@localhost commit -q --allow-empty -m "
            "'bench: outputs of this machine'", path)
     runs = {"head": [], "ref": []}
     for r in range(rounds):
