@@ -64,22 +64,21 @@ def clone(rev, dest):
     return dest
 
 
-def one_round(path: Path, tests: bool, dag: bool = True, targets: str = "") -> dict:
+def one_round(path: Path, tests: bool, dag: bool = True) -> dict:
     out = {}
     if dag:
-        out.update(dag_round(path, targets))
+        out.update(dag_round(path))
     if tests:
         out["test_s"], _ = timed(test_command(path), path)
     return out
 
 
-def dag_round(path: Path, targets: str = "") -> dict:
-    """``targets``: stage names to run instead of the whole DAG (and what they need), e.g. one model's sites."""
+def dag_round(path: Path) -> dict:
     out = {}
-    out["cold_repro_s"], out["cold_stage_s"] = timed(f"dvc repro -f {targets}", path)
-    out["noop_repro_s"], _ = timed(f"dvc repro {targets}", path)
+    out["cold_repro_s"], out["cold_stage_s"] = timed("dvc repro -f", path)
+    out["noop_repro_s"], _ = timed("dvc repro", path)
     shutil.rmtree(path / ".dvc/cache/runs", ignore_errors=True)  # a first run of the experiment, not a restore
-    out["tau_experiment_s"], out["tau_experiment_stage_s"] = timed(f"dvc exp run -S sae.tau=0.05 {targets}", path)
+    out["tau_experiment_s"], out["tau_experiment_stage_s"] = timed("dvc exp run -S sae.tau=0.05", path)
     sh(RESET, path)
     return out
 
@@ -98,27 +97,40 @@ def median_of(rounds: list[dict], key: str):
     return round(statistics.median(vals), 2) if vals else None
 
 
-def side_by_side(ref: str, rounds: int, tests: bool, dag: bool = True, head_targets: str = "") -> dict:
+def only_model(path: Path, model: str) -> None:
+    """Keep one model and its sites in a clone's params.yaml (committed there): e.g. the MLP-only configuration
+    of the zoo, against a single-model reference."""
+    import yaml
+
+    params = yaml.safe_load((path / "params.yaml").read_text())
+    params["models"] = {model: params["models"][model]}
+    params["sites"] = {k: v for k, v in params["sites"].items() if v["model"] == model}
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(f"git -c user.name=bench -c user.email=bench@localhost commit -q -am 'bench: only {model}'", path)
+
+
+def side_by_side(ref: str, rounds: int, tests: bool, dag: bool = True, head_only: str = "") -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="sae-bench-"))
     clones = {"head": clone("HEAD", tmp / "head"), "ref": clone(ref, tmp / "ref")}
+    if head_only:
+        only_model(clones["head"], head_only)
     for name, path in clones.items():  # outputs in place first (the data download, caches), untimed, and
         # committed in the clone: the reset after each experiment goes back to this machine's outputs, which are in
         # its cache (a commit's dvc.lock from another CPU type names outputs this cache never had)
-        targets = head_targets if name == "head" else ""
-        sh(f"dvc repro -q {targets} && git add -A && git -c user.name=bench -c user.email=bench@localhost commit -q --allow-empty -m "
+        sh("dvc repro -q && git add -A && git -c user.name=bench -c user.email=bench@localhost commit -q --allow-empty -m "
            "'bench: outputs of this machine'", path)
     runs = {"head": [], "ref": []}
     for r in range(rounds):
         for name in (("head", "ref") if r % 2 == 0 else ("ref", "head")):
             print(f"round {r + 1}/{rounds}: {name}", flush=True)
-            runs[name].append(one_round(clones[name], tests, dag, head_targets if name == "head" else ""))
+            runs[name].append(one_round(clones[name], tests, dag))
     shutil.rmtree(tmp, ignore_errors=True)
     summary = {}
     for key in ("cold_repro_s", "noop_repro_s", "tau_experiment_s", "test_s"):
         h, f = median_of(runs["head"], key), median_of(runs["ref"], key)
         if h is not None:
             summary[key] = {"head": h, "ref": f, "ratio": round(h / f, 3)}
-    return {"ref": ref, "rounds": rounds, "head_targets": head_targets, "summary": summary, "runs": runs}
+    return {"ref": ref, "rounds": rounds, "head_only": head_only, "summary": summary, "runs": runs}
 
 
 def _matmul_seconds(b, d, m, steps):
@@ -197,8 +209,8 @@ def main():
     ap.add_argument("--tests", action="store_true", help="also time the test suite in both clones")
     ap.add_argument("--tests-only", action="store_true", help="time only the test suites (no DAG runs)")
     ap.add_argument("--throughput", action="store_true", help="only the SAE step (prints one JSON line)")
-    ap.add_argument("--head-targets", default="", help="HEAD runs only these stages (and what they need), e.g. "
-                    "analyze@mlp-hidden: the MLP-only configuration against a single-model reference")
+    ap.add_argument("--head-only", default="", metavar="MODEL", help="HEAD with only this model and its sites in "
+                    "params.yaml (e.g. mlp: the zoo's MLP-only configuration against a single-model reference)")
     ap.add_argument("--out", default=None, help="results file (default bench/results.json)")
     args = ap.parse_args()
     if args.throughput:
@@ -209,7 +221,7 @@ def main():
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                           f"{_cpu_model()}", "torch": torch.__version__,
                **side_by_side(args.ref, args.rounds, args.tests or args.tests_only, not args.tests_only,
-                              args.head_targets)}
+                              args.head_only)}
     out_name = args.out or ("results_tests.json" if args.tests_only else "results.json")
     # In a fresh process, as every stage runs (measured inside a long-lived process that had driven DVC, the
     # same step ran ~25% slower; not explained).

@@ -78,3 +78,26 @@ def test_metrics_reproduce_from_the_export(tiny_project, site, model, hook):
             pred = clf.fit((xtr - mu) / sd, t_tr).predict((xte - mu) / sd).astype(bool)
             bal.append(0.5 * ((pred & t_te).sum() / t_te.sum() + (~pred & ~t_te).sum() / (~t_te).sum()))
         assert abs(sae["probe"][str(k)]["balanced_accuracy"] - np.mean(bal)) < 2e-3, k
+
+
+def test_universality_matching_reproduces_from_the_exports(tiny_project):
+    """The Hungarian mean correlation between the two sites' SAE latents on the test images, from the SAELens
+    exports and the base models' activations, with numpy and scipy only (metrics/universality.json, within 0.01)."""
+    from scipy.optimize import linear_sum_assignment
+
+    dest, _ = tiny_project
+    data = np.load(dest / "data/prepared/mnist.npz")
+    codes = []
+    for site, model, hook in (("mlp-hidden", "mlp", "hidden"), ("vit-block1", "vit", "block1")):
+        w = load_file(str(dest / f"data/sae/{site}/saelens/sae_weights.safetensors"))
+        h = np.load(dest / f"data/activations/{model}/acts.npz")[f"{hook}_test"].astype(np.float64)
+        pre = h @ w["W_enc"].astype(np.float64) + w["b_enc"]
+        codes.append(pre * (pre > w["threshold"]))
+    assert len(codes[0]) == len(data["y_test"])
+    a, b = codes
+    a, b = a[:, a.std(0) > 0], b[:, b.std(0) > 0]  # latents that never fire are left out
+    corr = np.corrcoef(a.T, b.T)[:a.shape[1], a.shape[1]:]
+    r, c = linear_sum_assignment(-corr)
+    got = json.loads((dest / "metrics/universality.json").read_text())["pairs"]["mlp-hidden~vit-block1"]["sae"]
+    assert abs(got["hungarian_mean"] - corr[r, c].mean()) < 0.01
+    assert got["n_a"] == a.shape[1] and got["n_b"] == b.shape[1]

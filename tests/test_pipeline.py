@@ -23,7 +23,7 @@ from sae_pipeline.export import export_encode, load_export
 MODELS, SITES = ["mlp", "vit"], ["mlp-hidden", "vit-block1"]  # the tiny project's (conftest)
 PER_SITE = ["train_sae", "baselines", "analyze"]
 STAGES = ["check_params", "prepare_data", *(f"train_base@{m}" for m in MODELS),
-          *(f"{st}@{s}" for st in PER_SITE for s in SITES), "index"]
+          *(f"{st}@{s}" for st in PER_SITE for s in SITES), "index", "universality"]
 
 
 def every(stage: str) -> list[str]:
@@ -141,7 +141,8 @@ def test_two_cold_runs_are_byte_identical(tiny):
 # The stages whose params or deps a change touches directly (`dvc status`); check_params reads the whole file,
 # so it reruns on every edit (in 0.2 s, with a byte-identical output). What runs downstream of them depends on
 # whether their outputs change; test_code_change_in_one_stage_reruns_only_it and the exp-run test run that.
-# The index page tracks the models and sites sections (which it lists), so it is in every change to them.
+# The index page tracks the models and sites sections (which it lists), so it is in every change to them; the
+# universality stage tracks the sites section and the seed.
 INVALIDATION = [
     ({"sae": {"tau": 0.05}}, every("train_sae")),
     ({"sae": {"kl_coef": 20.0}}, every("train_sae")),
@@ -150,11 +151,11 @@ INVALIDATION = [
     ({"models": {"vit": {"epochs": 3}}}, ["train_base@vit", "index"]),
     ({"sites": {"mlp-hidden": {"model": "mlp", "site": "hidden", "sae": {"latents": 32}},
                 "vit-block1": {"model": "vit", "site": "block1"}}},
-     ["train_sae@mlp-hidden", "index"]),
+     ["train_sae@mlp-hidden", "index", "universality"]),
     ({"analysis": {"n_features": 4}}, every("analyze")),
     ({"analysis": {"min_count": 12}}, every("baselines") + every("analyze")),
     ({"data": {"val_size": 400}}, ["prepare_data"]),
-    ({"seed": 1}, ["prepare_data", *every("train_base"), *every("train_sae"), *every("analyze")]),
+    ({"seed": 1}, ["prepare_data", *every("train_base"), *every("train_sae"), *every("analyze"), "universality"]),
 ]
 
 
@@ -348,7 +349,8 @@ def test_exp_run_metrics_diff_and_plots(tiny, tmp_path):
     # the experiment reruns what tau touches, and only that
     # the experiment reruns what tau touches, and only that: every site's SAE side, nothing upstream
     ran = reran(run(["dvc", "exp", "run", "-S", "sae.tau=0.05", "-n", "tau005"], dest, env))
-    assert sorted(ran) == sorted(["check_params", *every("train_sae"), *every("analyze"), "index"]), ran
+    want = ["check_params", *every("train_sae"), *every("analyze"), "index", "universality"]
+    assert sorted(ran) == sorted(want), ran
     show = json.loads(run(["dvc", "exp", "show", "--json"], dest, env).stdout)
     text = json.dumps(show)
     for key in ("baseline_acc", "recon_acc_jumprelu", "delta_acc_jumprelu", "achieved_actives_test"):

@@ -50,7 +50,8 @@ def test_push_and_pull_give_a_second_clone_identical_artifacts(tiny, sshd, tmp_p
 def test_models_split_across_two_machines_and_joined_on_a_third(tiny, sshd, tmp_path):
     """An experiment (sae.tau=0.07) split by model: machine A runs the MLP's sites, machine B the ViT's, each
     `make push`es (outputs and run-cache); machine C pulls and its `dvc repro` computes only what needs
-    both (the index page): every SAE stage comes from the run-cache ("is cached - skipping run")."""
+    both (the index page, the universality stage): every SAE stage comes from the run-cache ("is cached -
+    skipping run")."""
     a, env = tiny
     env_a = with_remote(a, env, sshd, tmp_path / "remote")
     run(REMOTE + ["push"], a, env_a)  # the commit's own outputs, which the machines pull first
@@ -71,8 +72,9 @@ def test_models_split_across_two_machines_and_joined_on_a_third(tiny, sshd, tmp_
     run(REMOTE + ["pull", "--run-cache"], c, env_c)
     set_params(c / "params.yaml", {"sae": {"tau": 0.07}})
     proc = run(["dvc", "repro"], c, env_c)
-    # check_params always runs (0.2 s; its marker is persist, so not run-cached); index is what needs both
-    assert ran(proc) == ["check_params", "index"], proc.stdout
+    # check_params always runs (0.2 s; its marker is persist, so not run-cached); index and universality are
+    # what needs both
+    assert sorted(ran(proc)) == ["check_params", "index", "universality"], proc.stdout
     for stage in ("train_sae", "analyze"):
         for site in SITES:
             assert f"Stage '{stage}@{site}' is cached - skipping run" in proc.stdout, (stage, site)

@@ -1,0 +1,47 @@
+"""Stage universality: do the sites' SAEs find the same features? Every pair of sites on the shared test images
+(``universality.analyse``): matching of latents, raw units and random dictionaries with shuffled-image nulls, CKA,
+geometry of paired decoders, meaning of matched pairs against random pairs."""
+import os
+
+import torch
+
+from sae_pipeline import universality
+from sae_pipeline.analysis.units import encode_chunks, random_units, split_tensors
+from sae_pipeline.config import load_all, read_params
+from sae_pipeline.export import sae_from_export
+from sae_pipeline.io import atomic_dir, load_json, load_npz, save_csv, save_json
+from sae_pipeline.runtime import generator, run_stage, setup_torch
+
+
+def main(args):
+    cfg = load_all(read_params(args.params))
+    setup_torch("cpu")
+    data = load_npz(args.data)
+    sites, acts = [], {}
+    for name, sc in cfg["sites"].items():
+        if sc.model not in acts:
+            acts[sc.model] = load_npz(os.path.join(args.acts, sc.model, "acts.npz"))
+        h, _ = split_tensors(acts[sc.model], sc.site, data)
+        sae = sae_from_export(os.path.join(args.sae, name, "saelens"))
+        codes = {s: encode_chunks(sae, h[s]) for s in ("train", "test")}
+        # its thresholds from every 5th training row: a null, rate-matched within a fraction of a percent
+        sub = {"train": h["train"][::5], "val": h["val"][:1], "test": h["test"]}
+        rand = random_units(sub, (codes["train"] > 0).double().mean(0), generator(cfg["run"].seed, 102))
+        latents = load_json(os.path.join(args.analysis, name, "latents.json"), ("latents",))["latents"]
+        sites.append(universality.SiteUnits(name, codes["test"], h["test"], rand.acts["test"], sae.W_dec.detach(),
+                                            latents))
+    metrics, rows, hist = universality.analyse(sites, torch.from_numpy(data["x_test"]),
+                                               generator(cfg["run"].seed, 300))
+    save_json(args.metrics, metrics)
+    save_csv(args.pairs, rows, ["site_a", "latent_a", "site_b", "latent_b", "rho"])
+    with atomic_dir(args.plots) as tmp:
+        save_csv(tmp / "best_partner.csv", hist, ["series", "rho", "share"])
+    for key, m in metrics["pairs"].items():
+        print(f"{key}: Hungarian mean ρ {m['sae']['hungarian_mean']:.3f} (shuffled "
+              f"{m['sae']['null_shuffled']['hungarian_mean']:.3f}, raw units {m['raw']['hungarian_mean']:.3f}, random "
+              f"dictionaries {m['random_dictionary']['hungarian_mean']:.3f}); mutual ρ≥0.5 "
+              f"{m['sae']['mutual_nn_rho_0.5']}; CKA raw {m['cka_raw']:.3f} codes {m['cka_sae']:.3f}")
+
+
+if __name__ == "__main__":
+    run_stage(main, "acts", "sae", "analysis", "data", "metrics", "pairs", "plots")

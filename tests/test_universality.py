@@ -1,0 +1,78 @@
+"""Universality measures on planted truth: two synthetic "sites" built from a known set of shared and exclusive
+sparse features, each under its own permutation, scales and (for the raw activations) rotation."""
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from sae_pipeline.universality import compare, geometry, linear_cka, matching, pearson, rsa, svcca
+
+N, SHARED, EXCL = 4000, 20, 10
+
+
+def planted(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    feats = (torch.rand(N, SHARED + 2 * EXCL, generator=g) < 0.1) * (0.5 + torch.rand(N, SHARED + 2 * EXCL,
+                                                                                      generator=g))
+    shared, ex_a, ex_b = feats[:, :SHARED], feats[:, SHARED:SHARED + EXCL], feats[:, SHARED + EXCL:]
+    perm_a, perm_b = torch.randperm(SHARED + EXCL, generator=g), torch.randperm(SHARED + EXCL, generator=g)
+    a = torch.cat([shared, ex_a], 1)[:, perm_a] * (0.5 + 2 * torch.rand(SHARED + EXCL, generator=g))
+    b = torch.cat([shared, ex_b], 1)[:, perm_b] * (0.5 + 2 * torch.rand(SHARED + EXCL, generator=g))
+    # ground truth: column i of a and column j of b are the same shared feature
+    truth = {(int((perm_a == k).nonzero()), int((perm_b == k).nonzero())) for k in range(SHARED)}
+    return a, b, truth, g
+
+
+def test_matching_recovers_the_planted_pairs_and_the_shuffle_sits_at_chance():
+    a, b, truth, g = planted()
+    out = compare(a, b, g)
+    strong = {(i, j) for i, j, r in out["pairs"] if r >= 0.9}
+    assert strong == truth  # every shared feature found, nothing else matched strongly
+    assert out["mutual_nn_rho_0.7"] == SHARED and out["mutual_nn_rho_0.5"] == SHARED
+    # exclusive features pair with something in the assignment, at chance-level correlation
+    assert all(abs(r) < 0.2 for i, j, r in out["pairs"] if (i, j) not in truth)
+    null = out["null_shuffled"]
+    assert null["mutual_nn_rho_0.5"] == 0 and abs(null["hungarian_mean"]) < 0.05
+    assert out["hungarian_mean"] > 0.6
+
+
+def test_cka_sees_shared_structure_through_rotations_and_not_after_a_shuffle():
+    a, b, _, g = planted(1)
+    ra = torch.linalg.qr(torch.randn(64, 64, generator=g))[0][:SHARED + EXCL]  # isometric embeddings in 64 dims
+    rb = torch.linalg.qr(torch.randn(48, 48, generator=g))[0][:SHARED + EXCL]
+    xa, xb = a @ ra, b @ rb
+    assert abs(linear_cka(xa, xa @ torch.linalg.qr(torch.randn(64, 64, generator=g))[0]) - 1) < 1e-9  # invariance
+    real, shuffled = linear_cka(xa, xb), linear_cka(xa, xb[torch.randperm(N, generator=g)])
+    out = compare(xa, xb, torch.Generator().manual_seed(0))
+    assert abs(out["cka"] - real) < 1e-6
+    assert real > 0.4 and shuffled < 0.05, (real, shuffled)
+
+
+def test_pearson_and_hungarian_agree_with_numpy_and_scipy():
+    a, b, _, _ = planted(2)
+    an, bn = a.numpy().astype(np.float64), b.numpy().astype(np.float64)
+    ref = np.corrcoef(an.T, bn.T)[:a.shape[1], a.shape[1]:]
+    assert np.allclose(pearson(a, b).numpy(), ref, atol=1e-10)
+    r, c = linear_sum_assignment(-ref)
+    assert abs(matching(pearson(a, b))["hungarian_mean"] - ref[r, c].mean()) < 1e-6
+    # a unit that never fires (all zeros) is left out rather than matched at ρ = 0
+    a0 = torch.cat([a, torch.zeros(N, 1)], 1)
+    assert matching(pearson(a0, b))["n_a"] == a.shape[1]
+
+
+def test_geometry_nulls_equal_recomputing_each_shuffle():
+    """The shuffled-pairing nulls reuse one SVD basis and one rank matrix per side, permuted: the same numbers as
+    recomputing SVCCA and RSA on every shuffled pairing; a planted common geometry is significant."""
+    g = torch.Generator().manual_seed(3)
+    w_a = torch.randn(60, 12, generator=g, dtype=torch.float64)
+    w_b = w_a @ torch.linalg.qr(torch.randn(12, 12, generator=g, dtype=torch.float64))[0] * 3  # rotated, scaled
+    w_b = torch.cat([w_b, torch.randn(60, 4, generator=g, dtype=torch.float64)], 1)  # and extra dimensions
+    out = geometry(w_a, w_b, torch.Generator().manual_seed(9), n_null=20)
+    assert abs(out["rsa"] - rsa(w_a, w_b)) < 1e-6 and abs(out["svcca"] - svcca(w_a, w_b)) < 1e-6
+    gen = torch.Generator().manual_seed(9)
+    recomputed = [(svcca(w_a, w_b[p]), rsa(w_a, w_b[p])) for p in (torch.randperm(60, generator=gen)
+                                                                     for _ in range(20))]
+    assert abs(out["svcca_null_mean"] - sum(v for v, _ in recomputed) / 20) < 1e-6
+    assert abs(out["rsa_null_mean"] - sum(v for _, v in recomputed) / 20) < 1e-6
+    assert out["rsa"] > 0.9 and out["rsa_p"] == pytest.approx(1 / 21, abs=1e-6) and out["svcca_p"] == pytest.approx(1 / 21, abs=1e-6)
+    assert abs(out["rsa_null_mean"]) < 0.1
