@@ -34,20 +34,32 @@ ALIGN_MIN = 0.1  # cosine of an absorbing latent's decoder row with the probe di
 SHARE_MIN = 0.5  # its share of the positive probe projection
 
 
-def _new_counts(fires: torch.Tensor, pos: torch.Tensor, covered: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[U] hits and false alarms each latent would add to the union of ``covered`` (rows already firing)."""
-    free = ~covered
-    return (pos & free).float() @ fires, (~pos & free).float() @ fires
+class _Union:
+    """The union of chosen latents' firings on train rows, and what each latent would add to it: the counts are
+    updated with the rows each pick newly covers (few), not recounted over all rows."""
+
+    def __init__(self, fires: torch.Tensor, pos: torch.Tensor):
+        self.fires, self.pos = fires, pos
+        self.covered = torch.zeros(len(pos), dtype=torch.bool)
+        self.new_tp, self.new_fp = pos.float() @ fires, (~pos).float() @ fires  # [U] if added now
+        self.tp = self.fp = 0.0
+
+    def add(self, u: int) -> None:
+        self.tp, self.fp = self.tp + float(self.new_tp[u]), self.fp + float(self.new_fp[u])
+        newly = (self.fires[:, u] > 0) & ~self.covered
+        rows = self.fires[newly]
+        hit = self.pos[newly]
+        self.new_tp -= rows[hit].sum(0)
+        self.new_fp -= rows[~hit].sum(0)
+        self.covered |= newly
 
 
 def main_latents(fires: torch.Tensor, pos: torch.Tensor, eligible: torch.Tensor) -> list[int]:
     """The digit's main latents (module doc): greedy F1 of the union, train rows. ``fires`` is float [N, U]."""
-    covered = torch.zeros(len(pos), dtype=torch.bool)
-    tp = fp = 0.0
+    un = _Union(fires, pos)
     n_pos, f1, chosen = float(pos.sum()), 0.0, []
     while len(chosen) < MAX_MAIN:
-        new_tp, new_fp = _new_counts(fires, pos, covered)
-        cand = 2 * (tp + new_tp) / (n_pos + tp + new_tp + fp + new_fp)
+        cand = 2 * (un.tp + un.new_tp) / (n_pos + un.tp + un.new_tp + un.fp + un.new_fp)
         cand = torch.where(eligible, cand, -1.0)
         if chosen:
             cand[chosen] = -1.0
@@ -55,28 +67,26 @@ def main_latents(fires: torch.Tensor, pos: torch.Tensor, eligible: torch.Tensor)
         if float(cand[u]) - f1 < (SPLIT_GAIN if chosen else 1e-12):
             break
         chosen.append(u)
-        f1, tp, fp = float(cand[u]), tp + float(new_tp[u]), fp + float(new_fp[u])
-        covered |= fires[:, u] > 0
+        f1 = float(cand[u])
+        un.add(u)
     return chosen
 
 
 def cover_to_90(fires: torch.Tensor, pos: torch.Tensor, eligible: torch.Tensor) -> list[int] | None:
     """The latents-to-90 cover (module doc) on train rows, or None when it cannot reach 90% recall."""
-    covered = torch.zeros(len(pos), dtype=torch.bool)
-    tp = fp = 0.0
+    un = _Union(fires, pos)
     n_pos, chosen = float(pos.sum()), []
-    while tp < RECALL * n_pos and len(chosen) < MAX_COVER:
-        new_tp, new_fp = _new_counts(fires, pos, covered)
-        ok = eligible & ((tp + new_tp) >= PRECISION * (tp + new_tp + fp + new_fp)) & (new_tp > 0)
+    while un.tp < RECALL * n_pos and len(chosen) < MAX_COVER:
+        tp, fp = un.tp + un.new_tp, un.fp + un.new_fp
+        ok = eligible & (tp >= PRECISION * (tp + fp)) & (un.new_tp > 0)
         if chosen:
             ok[chosen] = False
         if not bool(ok.any()):
             return None
-        u = int(torch.where(ok, new_tp, -1.0).argmax())
+        u = int(torch.where(ok, un.new_tp, -1.0).argmax())
         chosen.append(u)
-        tp, fp = tp + float(new_tp[u]), fp + float(new_fp[u])
-        covered |= fires[:, u] > 0
-    return chosen if tp >= RECALL * n_pos else None
+        un.add(u)
+    return chosen if un.tp >= RECALL * n_pos else None
 
 
 def _prf(fires: torch.Tensor, pos: torch.Tensor) -> tuple[float, float]:
