@@ -3,18 +3,31 @@
 geometry of paired decoders, meaning of matched pairs against random pairs."""
 import os
 
-import torch
-
-from sae_pipeline import universality
-from sae_pipeline.analysis.units import encode_chunks, random_units, split_tensors
 from sae_pipeline.config import load_all, read_params
-from sae_pipeline.export import sae_from_export
-from sae_pipeline.io import atomic_dir, load_json, load_npz, save_csv, save_json
-from sae_pipeline.runtime import generator, run_stage, setup_torch
+from sae_pipeline.io import atomic_dir, save_csv, save_json
+from sae_pipeline.runtime import run_stage
+
+PAIR_COLUMNS = ["site_a", "latent_a", "site_b", "latent_b", "rho"]
+HIST_COLUMNS = ["series", "rho", "share"]
 
 
 def main(args):
     cfg = load_all(read_params(args.params))
+    if len(cfg["sites"]) < 2:  # nothing to compare (e.g. one model's configuration): no torch import, no loading
+        save_json(args.metrics, {"split": "test", "pairs": {}})
+        save_csv(args.pairs, [], PAIR_COLUMNS)
+        with atomic_dir(args.plots) as tmp:
+            save_csv(tmp / "best_partner.csv", [], HIST_COLUMNS)
+        print("one site: no pairs to compare")
+        return
+    import torch
+
+    from sae_pipeline import universality
+    from sae_pipeline.analysis.units import encode_chunks, random_units, split_tensors
+    from sae_pipeline.export import sae_from_export
+    from sae_pipeline.io import load_json, load_npz
+    from sae_pipeline.runtime import generator, setup_torch
+
     setup_torch("cpu")
     data = load_npz(args.data)
     sites, acts = [], {}
@@ -33,9 +46,9 @@ def main(args):
     metrics, rows, hist = universality.analyse(sites, torch.from_numpy(data["x_test"]),
                                                generator(cfg["run"].seed, 300))
     save_json(args.metrics, metrics)
-    save_csv(args.pairs, rows, ["site_a", "latent_a", "site_b", "latent_b", "rho"])
+    save_csv(args.pairs, rows, PAIR_COLUMNS)
     with atomic_dir(args.plots) as tmp:
-        save_csv(tmp / "best_partner.csv", hist, ["series", "rho", "share"])
+        save_csv(tmp / "best_partner.csv", hist, HIST_COLUMNS)
     for key, m in metrics["pairs"].items():
         print(f"{key}: Hungarian mean ρ {m['sae']['hungarian_mean']:.3f} (shuffled "
               f"{m['sae']['null_shuffled']['hungarian_mean']:.3f}, raw units {m['raw']['hungarian_mean']:.3f}, random "

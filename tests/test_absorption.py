@@ -52,9 +52,9 @@ def test_absorption_metrics_see_the_planted_parent(absorbed):
     assert dense["balanced_accuracy"] > 0.99  # the probe sees the parent everywhere
     small = float((c_te >= 1).sum() / (c_te >= 0).sum())  # the share of parent rows on a small child, ~0.3
     if absorbed:
-        # the best latent is child 0's (recall ~0.7), the cover needs it and 5-7 small children (0.7 + 0.0375 k >= 0.9), the main latents
-        # are child 0's alone (a small child adds < 0.03 F1), and on the small children's rows it is silent while
-        # a small child's latent, aligned with the probe, carries the parent: absorbed
+        # the best latent is child 0's (recall ~0.7), the cover needs it and 5-7 small children (0.7 + 0.0375 k
+        # >= 0.9), the main latents are child 0's alone (a small child adds < 0.03 F1), and on the small children's
+        # rows it is silent while a small child's latent, aligned with the probe, carries the parent: absorbed
         assert parent["best_latent"] == 0 and abs(parent["best_latent_recall"] - (1 - small)) < 0.02
         assert 6 <= parent["latents_to_90"] <= 8 and parent["main_latents"] == [0]
         assert abs(parent["absorption_rate"] - small) < 0.02 and parent["absorption_rate"] > 0.2

@@ -200,7 +200,9 @@ def meaning(a: SiteUnits, b: SiteUnits, pairs: list[tuple[int, int]], mean_img: 
     if not pairs:
         return {"n": 0}
     ia, ib = torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
-    hist = lambda s, idx: torch.tensor([s.latents[u]["label_hist"] for u in idx.tolist()], dtype=torch.float64)  # noqa: E731
+    def hist(s, idx):
+        return torch.tensor([s.latents[u]["label_hist"] for u in idx.tolist()], dtype=torch.float64)
+
     ha, hb = hist(a, ia), hist(b, ib)
     cos = (ha * hb).sum(1) / (ha.norm(dim=1) * hb.norm(dim=1)).clamp_min(1e-300)
     jac = [len(set(sa) & set(sb)) / len(set(sa) | set(sb)) for sa, sb in
