@@ -114,9 +114,10 @@ def side_by_side(ref: str, rounds: int, tests: bool, dag: bool = True, head_only
     clones = {"head": clone("HEAD", tmp / "head"), "ref": clone(ref, tmp / "ref")}
     if head_only:
         only_model(clones["head"], head_only)
-    for name, path in clones.items():  # outputs in place first (the data download, caches), untimed, and
-        # committed in the clone: the reset after each experiment goes back to this machine's outputs, which are in
-        # its cache (a commit's dvc.lock from another CPU type names outputs this cache never had)
+    for name, path in clones.items() if dag else ():  # outputs in place first (the data download, caches),
+        # untimed, and committed in the clone: the reset after each experiment goes back to this machine's outputs,
+        # which are in its cache (a commit's dvc.lock from another CPU type names outputs this cache never had); the
+        # test suites build their own projects, so --tests-only skips it
         sh("dvc repro -q && git add -A && git -c user.name=bench -c user.email=bench@localhost commit -q --allow-empty -m "
            "'bench: outputs of this machine'", path)
     runs = {"head": [], "ref": []}

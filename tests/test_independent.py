@@ -101,3 +101,59 @@ def test_universality_matching_reproduces_from_the_exports(tiny_project):
     got = json.loads((dest / "metrics/universality.json").read_text())["pairs"]["mlp-hidden~vit-block1"]["sae"]
     assert abs(got["hungarian_mean"] - corr[r, c].mean()) < 0.01
     assert got["n_a"] == a.shape[1] and got["n_b"] == b.shape[1]
+
+
+@pytest.mark.parametrize("site,model,hook", [("mlp-hidden", "mlp", "hidden"), ("vit-block1", "vit", "block1")])
+def test_absorption_reproduces_from_the_export(tiny_project, site, model, hook):
+    """Best-latent recall, main latents and the full absorption rate from the README's definitions, with numpy and
+    scikit-learn (its own dense probe) on the SAELens export and the activations."""
+    linear_model = pytest.importorskip("sklearn.linear_model")
+    dest, _ = tiny_project
+    w = load_file(str(dest / f"data/sae/{site}/saelens/sae_weights.safetensors"))
+    acts, data = np.load(dest / f"data/activations/{model}/acts.npz"), np.load(dest / "data/prepared/mnist.npz")
+    interp = json.loads((dest / f"metrics/sites/{site}/interpretability.json").read_text())
+    got = interp["sae"]["absorption"]
+    h = {s: acts[f"{hook}_{s}"].astype(np.float64) for s in ("train", "test")}
+    y = {s: data[f"y_{s}"] for s in ("train", "test")}
+    f = {}
+    for s in ("train", "test"):
+        pre = h[s] @ w["W_enc"].astype(np.float64) + w["b_enc"]
+        f[s] = pre * (pre > w["threshold"])
+    fires = {s: f[s] > 0 for s in f}
+    eligible = fires["train"].sum(0) >= interp["min_count"]
+    mu, sd = h["train"].mean(0), h["train"].std(0, ddof=1)
+    sd[sd == 0] = 1
+    d_hat = w["W_dec"] / np.maximum(np.linalg.norm(w["W_dec"], axis=1, keepdims=True), 1e-12)
+    recalls, rates = [], []
+    for c in range(10):
+        pos_tr, pos_te = y["train"] == c, y["test"] == c
+        tp = (fires["train"] & pos_tr[:, None]).sum(0)
+        f1 = np.where(eligible, 2 * tp / (pos_tr.sum() + fires["train"].sum(0)), -1)
+        best = int(np.argmax(f1))
+        recalls.append((fires["test"][:, best] & pos_te).sum() / pos_te.sum())
+        # main latents: greedy F1 of the union, while one more adds >= 0.03
+        main, union, score = [], np.zeros(len(pos_tr), bool), 0.0
+        while len(main) < 10:
+            new = union[:, None] | fires["train"]
+            tpu, fpu = (new & pos_tr[:, None]).sum(0), (new & ~pos_tr[:, None]).sum(0)
+            cand = np.where(eligible, 2 * tpu / (pos_tr.sum() + tpu + fpu), -1.0)
+            cand[main] = -1
+            u = int(np.argmax(cand))
+            if cand[u] - score < (0.03 if main else 1e-12):
+                break
+            main.append(u)
+            score, union = cand[u], union | fires["train"][:, u]
+        # the dense probe, in the site's coordinates
+        clf = linear_model.LogisticRegression(C=1.0, class_weight="balanced", tol=1e-8, max_iter=10000)
+        clf.fit((h["train"] - mu) / sd, pos_tr)
+        p = clf.coef_[0] / sd
+        seen = pos_te & (clf.decision_function((h["test"] - mu) / sd) > 0)
+        contrib = f["test"][seen] * (w["W_dec"].astype(np.float64) @ p)
+        aligned = d_hat @ (p / np.linalg.norm(p)) >= 0.1
+        aligned[main] = False
+        total = np.clip(contrib, 0, None).sum(1, keepdims=True)
+        absorber = (contrib > 0) & aligned & (contrib >= 0.5 * total)
+        silent = ~fires["test"][seen][:, main].any(1)
+        rates.append((silent & absorber.any(1)).sum() / max(seen.sum(), 1))
+    assert abs(got["best_latent_recall_mean"] - np.mean(recalls)) < 0.01
+    assert abs(got["absorption_rate_mean"] - np.mean(rates)) < 0.02
