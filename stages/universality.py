@@ -1,11 +1,13 @@
 """Stage universality: do the sites' SAEs find the same features? Every pair of sites on the shared test images
 (``universality.analyse``): matching of latents, raw units and random dictionaries with shuffled-image nulls, CKA,
-geometry of paired decoders, meaning of matched pairs against random pairs."""
+geometry of paired decoders, meaning of matched pairs against random pairs; and a page linking every latent to
+its partners' cards in the other sites' browsers (``universality_page``)."""
 import os
 
 from sae_pipeline.config import load_all, read_params
 from sae_pipeline.io import atomic_dir, save_csv, save_json
 from sae_pipeline.runtime import run_stage
+from sae_pipeline.universality_page import page_html
 
 PAIR_COLUMNS = ["site_a", "latent_a", "site_b", "latent_b", "rho"]
 HIST_COLUMNS = ["series", "rho", "share"]
@@ -13,11 +15,14 @@ HIST_COLUMNS = ["series", "rho", "share"]
 
 def main(args):
     cfg = load_all(read_params(args.params))
+    dashboards = os.path.relpath(args.dashboards, args.plots)
     if len(cfg["sites"]) < 2:  # nothing to compare (e.g. one model's configuration): no torch import, no loading
         save_json(args.metrics, {"split": "test", "pairs": {}})
         save_csv(args.pairs, [], PAIR_COLUMNS)
         with atomic_dir(args.plots) as tmp:
             save_csv(tmp / "best_partner.csv", [], HIST_COLUMNS)
+            (tmp / "index.html").write_text(page_html(list(cfg["sites"]), {}, {s: {} for s in cfg["sites"]},
+                                                      dashboards))
         print("one site: no pairs to compare")
         return
     import torch
@@ -43,12 +48,14 @@ def main(args):
         latents = load_json(os.path.join(args.analysis, name, "latents.json"), ("latents",))["latents"]
         sites.append(universality.SiteUnits(name, codes["test"], h["test"], rand.acts["test"], sae.W_dec.detach(),
                                             latents))
-    metrics, rows, hist = universality.analyse(sites, torch.from_numpy(data["x_test"]),
-                                               generator(cfg["run"].seed, 300))
+    metrics, rows, hist, partners = universality.analyse(sites, torch.from_numpy(data["x_test"]),
+                                                         generator(cfg["run"].seed, 300))
     save_json(args.metrics, metrics)
     save_csv(args.pairs, rows, PAIR_COLUMNS)
     with atomic_dir(args.plots) as tmp:
         save_csv(tmp / "best_partner.csv", hist, HIST_COLUMNS)
+        n_test = {s.name: {r["latent"]: r["n_test"] for r in s.latents} for s in sites}
+        (tmp / "index.html").write_text(page_html([s.name for s in sites], partners, n_test, dashboards))
     for key, m in metrics["pairs"].items():
         print(f"{key}: Hungarian mean ρ {m['sae']['hungarian_mean']:.3f} (shuffled "
               f"{m['sae']['null_shuffled']['hungarian_mean']:.3f}, raw units {m['raw']['hungarian_mean']:.3f}, random "
@@ -57,4 +64,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    run_stage(main, "acts", "sae", "analysis", "data", "metrics", "pairs", "plots")
+    run_stage(main, "acts", "sae", "analysis", "data", "metrics", "pairs", "plots", "dashboards")

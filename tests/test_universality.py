@@ -97,10 +97,31 @@ def test_one_site_writes_empty_outputs_without_loading_anything(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     out = tmp_path / "out"
     args = [*(a for k in ("acts", "sae", "analysis", "data") for a in (f"--{k}", str(tmp_path / "none"))),
-            "--metrics", str(out / "m.json"), "--pairs", str(out / "p.csv"), "--plots", str(out / "plots")]
+            "--metrics", str(out / "m.json"), "--pairs", str(out / "p.csv"), "--plots", str(out / "plots"),
+            "--dashboards", str(out / "dashboard")]
     proc = subprocess.run([sys.executable, str(root / "stages/universality.py"), "--params",
                            str(tmp_path / "params.yaml"), *args], capture_output=True, text=True,
                           env={"PYTHONPATH": str(root / "src"), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
     assert json.loads((out / "m.json").read_text()) == {"split": "test", "pairs": {}}
     assert (out / "p.csv").read_text().startswith("site_a,") and (out / "plots/best_partner.csv").exists()
+    assert 'href="../dashboard/mlp-hidden/index.html' not in (out / "plots/index.html").read_text()  # no latents
+
+
+def test_families_join_mutual_partners_and_the_page_links_every_card():
+    from sae_pipeline.universality_page import exclusive, families, page_html
+
+    sites = ["a", "b", "c"]
+    # a#1 <-> b#2 <-> c#3 are mutual best partners (one family over three sites); a#4 -> b#5 is one-way; a#6 has
+    # no partner above 0.2 anywhere (exclusive)
+    partners = {("a", "b"): {1: (2, 0.8), 4: (5, 0.6), 6: (9, 0.1)}, ("b", "a"): {2: (1, 0.8), 5: (7, 0.6)},
+                ("b", "c"): {2: (3, 0.7)}, ("c", "b"): {3: (2, 0.7)},
+                ("a", "c"): {1: (3, 0.55), 6: (3, 0.15)}, ("c", "a"): {3: (1, 0.55)}}
+    fams = families(sites, partners)
+    assert [[(s, u) for s, u, _ in f] for f in fams] == [[("a", 1), ("b", 2), ("c", 3)]]
+    n_test = {"a": {1: 50, 4: 20, 6: 30}, "b": {2: 40, 5: 10}, "c": {3: 5}}
+    assert exclusive("a", sites, partners, n_test["a"]) == [(6, 0.15)]
+    page = page_html(sites, partners, n_test, "../dashboard")
+    assert 'href="../dashboard/b/index.html#latent-2"' in page and 'src="../dashboard/c/img/ex_3.png"' in page
+    assert "id='family-0'" in page and "id='family-1'" not in page
+    assert "http" not in page and "<script" not in page  # offline

@@ -48,6 +48,8 @@ def matching(corr: torch.Tensor) -> dict:
         "pairs": [(int(ia[r]), int(ib[k]), round(float(v), 6)) for r, k, v in zip(rows, cols, hung)],
         "best_partner_a": [(int(ia[i]), int(ib[j]), round(float(v), 6))
                            for i, (j, v) in enumerate(zip(best_ab.indices, best_ab.values))],
+        "best_partner_b": [(int(ib[j]), int(ia[i]), round(float(v), 6))
+                           for j, (i, v) in enumerate(zip(best_ba.indices, best_ba.values))],
     }
 
 
@@ -91,7 +93,7 @@ def compare(a: torch.Tensor | Centred, b: torch.Tensor | Centred, gen: torch.Gen
         "hungarian_mean_ci95": [round(float(boot.quantile(0.025)), 6), round(float(boot.quantile(0.975)), 6)],
         "cka": round(cka, 6),
         "null_shuffled": {**{k: null[k] for k in keys}, "cka": round(cka_null, 6)},
-        "pairs": real["pairs"],
+        "pairs": real["pairs"], "best_partner_a": real["best_partner_a"], "best_partner_b": real["best_partner_b"],
         "best": [r for _, _, r in real["best_partner_a"]], "best_null": [r for _, _, r in null["best_partner_a"]],
     }
 
@@ -182,6 +184,7 @@ class SiteUnits:
     latents: list[dict]  # latents.json's rows: label_hist, hypothesis_classes, delta_logit, top_examples
 
 
+DETAIL = ("pairs", "best", "best_null", "best_partner_a", "best_partner_b")  # per-unit lists: not metrics
 MEANING_RHO = 0.5  # matched pairs whose meaning is compared: Hungarian pairs with at least this correlation
 GEOMETRY_RHO = 0.1  # pairs kept for SVCCA/RSA (Lan et al. 2024 drop weaker ones)
 
@@ -240,12 +243,12 @@ def compare_sites(a: SiteUnits, b: SiteUnits, mean_img: dict[str, torch.Tensor],
     n = min(len(live_a), len(live_b), max(len(matched), 1))
     ra = torch.tensor(live_a)[torch.randperm(len(live_a), generator=gen)[:n]].tolist()
     rb = torch.tensor(live_b)[torch.randperm(len(live_b), generator=gen)[:n]].tolist()
-    drop = lambda d: {k: v for k, v in d.items() if k not in ("pairs", "best", "best_null")}  # noqa: E731
+    drop = lambda d: {k: v for k, v in d.items() if k not in DETAIL}  # noqa: E731
     return {"sae": drop(sae), "raw": drop(raw), "random_dictionary": drop(rnd),
             "cka_raw": raw["cka"], "cka_sae": sae["cka"], "geometry": geo,
             "meaning_matched": meaning(a, b, matched, mean_img),
             "meaning_random_pairs": meaning(a, b, list(zip(ra, rb)), mean_img),
-            "_pairs": sae["pairs"], "_best": {"sae": sae["best"], "sae, images shuffled": sae["best_null"],
+            "_pairs": sae["pairs"], "_partners": (sae["best_partner_a"], sae["best_partner_b"]), "_best": {"sae": sae["best"], "sae, images shuffled": sae["best_null"],
                                               "raw units": raw["best"], "random dictionary": rnd["best"]}}
 
 
@@ -260,21 +263,25 @@ def best_partner_hist(corr_best: list[float]) -> list[tuple[float, float]]:
     return [(round(float(c), 4), round(float(n) / max(len(v), 1), 6)) for c, n in zip(centres, counts)]
 
 
-def analyse(sites: list[SiteUnits], pixels: torch.Tensor, gen: torch.Generator) -> tuple[dict, list[dict], list[dict]]:
+def analyse(sites: list[SiteUnits], pixels: torch.Tensor, gen: torch.Generator
+            ) -> tuple[dict, list[dict], list[dict], dict]:
     """Every pair of sites: ``metrics/universality.json``'s content, the matched-pairs table (one row per
-    Hungarian pair) and the best-partner histogram rows (``series``: pair and unit kind)."""
+    Hungarian pair), the best-partner histogram rows (``series``: pair and unit kind) and each latent's best
+    partner in every other site, ``{(site, other): {latent: (partner, ρ)}}``."""
     mean_img = {s.name: top_mean_images(s, pixels) for s in sites}
     prep = {(s.name, k): Centred.of(getattr(s, k)) for s in sites for k in ("codes", "raw", "random")}
-    metrics, rows, hist = {"split": "test", "pairs": {}}, [], []
+    metrics, rows, hist, partners = {"split": "test", "pairs": {}}, [], [], {}
     for i, a in enumerate(sites):
         for b in sites[i + 1:]:
             key = f"{a.name}~{b.name}"
             out = compare_sites(a, b, mean_img, gen, prep)
             pairs, best = out.pop("_pairs"), out.pop("_best")
+            for (x, y), lst in zip(((a.name, b.name), (b.name, a.name)), out.pop("_partners")):
+                partners[(x, y)] = {i: (j, r) for i, j, r in lst}
             metrics["pairs"][key] = out
             rows += [{"site_a": a.name, "latent_a": la, "site_b": b.name, "latent_b": lb, "rho": r} for la, lb, r
                      in pairs]
             for kind, values in best.items():
                 for c, share in best_partner_hist(values):
                     hist.append({"series": f"{key} {kind}", "rho": c, "share": share})
-    return metrics, rows, hist
+    return metrics, rows, hist, partners
