@@ -1,7 +1,7 @@
 """Do two sites learn the same features? Matching and geometry of two sets of units on the same images.
 
 The units are an SAE's latents (or a site's raw units) on the shared test images, ``a: [N, U]`` and ``b: [N, V]``
-with row n of both from image n. Every measure here has a null that keeps it honest (see ``nulls``):
+with row n of both from image n. Every measure here has a null that keeps it honest:
 
 - **matching** (Li, Yosinski et al. 2016, "Convergent learning"; Lan et al. 2024): the Pearson correlation of
   every pair of units across the images; each unit's best partner; the one-to-one (Hungarian) assignment's mean
@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 from scipy.optimize import linear_sum_assignment
+
+from .analysis.examples import mean_images
 
 THRESHOLDS = (0.5, 0.7)
 N_BOOT = 1000  # bootstrap resamples of the matched pairs for the Hungarian mean's 95% interval
@@ -85,7 +87,8 @@ def compare(a: torch.Tensor | Centred, b: torch.Tensor | Centred, gen: torch.Gen
     null = matching(a.unit.T @ b.unit[perm])
     den = max(a.gram_norm * b.gram_norm, 1e-300)
     cka, cka_null = (float((a.centred.T @ bb).pow(2).sum()) / den for bb in (b.centred, b.centred[perm]))
-    keys = ("best_partner_mean_a", "best_partner_mean_b", "hungarian_mean", *(f"mutual_nn_rho_{t}" for t in THRESHOLDS))
+    keys = ("best_partner_mean_a", "best_partner_mean_b", "hungarian_mean",
+            *(f"mutual_nn_rho_{t}" for t in THRESHOLDS))
     rho = torch.tensor([r for _, _, r in real["pairs"]], dtype=torch.float64)
     boot = rho[torch.randint(len(rho), (N_BOOT, len(rho)), generator=gen)].mean(1)
     return {
@@ -96,7 +99,6 @@ def compare(a: torch.Tensor | Centred, b: torch.Tensor | Centred, gen: torch.Gen
         "pairs": real["pairs"], "best_partner_a": real["best_partner_a"], "best_partner_b": real["best_partner_b"],
         "best": [r for _, _, r in real["best_partner_a"]], "best_null": [r for _, _, r in null["best_partner_a"]],
     }
-
 
 
 def _basis(m: torch.Tensor, keep: float = 0.99) -> torch.Tensor:
@@ -218,16 +220,6 @@ def meaning(a: SiteUnits, b: SiteUnits, pairs: list[tuple[int, int]], mean_img: 
             "mean_image_corr": round(float(_corr_rows(mean_img[a.name][ia], mean_img[b.name][ib]).mean()), 6)}
 
 
-def top_mean_images(s: SiteUnits, pixels: torch.Tensor) -> torch.Tensor:
-    """[U, 784]: each latent's mean top-example image (zeros for a latent without examples)."""
-    out = torch.zeros(len(s.latents), pixels[0].numel(), dtype=torch.float64)
-    for r in s.latents:
-        idx = [e["test_index"] for e in r["top_examples"]]
-        if idx:
-            out[r["latent"]] = pixels[idx].double().flatten(1).mean(0)
-    return out
-
-
 def compare_sites(a: SiteUnits, b: SiteUnits, mean_img: dict[str, torch.Tensor], gen: torch.Generator,
                   prep: dict | None = None) -> dict:
     """Every measure for one pair of sites: matching of SAE latents, raw units and random dictionaries (each with
@@ -248,8 +240,9 @@ def compare_sites(a: SiteUnits, b: SiteUnits, mean_img: dict[str, torch.Tensor],
             "cka_raw": raw["cka"], "cka_sae": sae["cka"], "geometry": geo,
             "meaning_matched": meaning(a, b, matched, mean_img),
             "meaning_random_pairs": meaning(a, b, list(zip(ra, rb)), mean_img),
-            "_pairs": sae["pairs"], "_partners": (sae["best_partner_a"], sae["best_partner_b"]), "_best": {"sae": sae["best"], "sae, images shuffled": sae["best_null"],
-                                              "raw units": raw["best"], "random dictionary": rnd["best"]}}
+            "_pairs": sae["pairs"], "_partners": (sae["best_partner_a"], sae["best_partner_b"]),
+            "_best": {"sae": sae["best"], "sae, images shuffled": sae["best_null"], "raw units": raw["best"],
+                      "random dictionary": rnd["best"]}}
 
 
 HIST_BINS = torch.linspace(-0.2, 1.0, 25)
@@ -268,7 +261,9 @@ def analyse(sites: list[SiteUnits], pixels: torch.Tensor, gen: torch.Generator
     """Every pair of sites: ``metrics/universality.json``'s content, the matched-pairs table (one row per
     Hungarian pair), the best-partner histogram rows (``series``: pair and unit kind) and each latent's best
     partner in every other site, ``{(site, other): {latent: (partner, ρ)}}``."""
-    mean_img = {s.name: top_mean_images(s, pixels) for s in sites}
+    # each latent's mean top-example image, as its browser card shows it
+    mean_img = {s.name: mean_images(pixels, [[e["test_index"] for e in r["top_examples"]] for r in s.latents]
+                                    ).flatten(1) for s in sites}
     prep = {(s.name, k): Centred.of(getattr(s, k)) for s in sites for k in ("codes", "raw", "random")}
     metrics, rows, hist, partners = {"split": "test", "pairs": {}}, [], [], {}
     for i, a in enumerate(sites):

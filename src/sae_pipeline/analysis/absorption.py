@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import torch
 
+from .stats import LabelStats, per_class_best
+
 PRECISION = RECALL = 0.9  # the "90% recall at 90% precision" of latents-to-90
 MAX_COVER = 50  # a cover that needs more (or never gets there) counts as this many
 SPLIT_GAIN = 0.03  # SAEBench's feature-split threshold τ_fs on the F1 gain of one more main latent
@@ -107,14 +109,15 @@ def absorption_metrics(f: dict[str, torch.Tensor], y: dict[str, torch.Tensor], h
     fires_te = f["test"] > 0
     eligible = fires_tr.sum(0) >= min_count
     d_hat = w_dec / w_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    # the best single latent per digit: best train F1 of "fires => c", test precision and recall (the browser's
+    # per-digit view ranks latents the same way)
+    stats = {s: LabelStats.of(fr, y[s], n_classes) for s, fr in (("train", fires_tr > 0), ("test", fires_te))}
+    bests = per_class_best(stats["train"], stats["test"], min_count, k=1)
     per_digit = []
     for c in range(n_classes):
         pos_tr, pos_te = y["train"] == c, y["test"] == c
-        # best single latent: train F1 of "fires => c"
-        tp = pos_tr.float() @ fires_tr
-        f1 = torch.where(eligible, 2 * tp / (float(pos_tr.sum()) + fires_tr.sum(0)), -1.0)
-        best = int(f1.argmax())
-        best_p, best_r = _prf(fires_te[:, [best]], pos_te)
+        top = bests[c][0] if bests[c] else {"l": None, "p": 0.0, "r": 0.0}
+        best, best_p, best_r = top["l"], top["p"], top["r"]
         cover = cover_to_90(fires_tr, pos_tr, eligible)
         cover_p, cover_r = _prf(fires_te[:, cover], pos_te) if cover else (None, None)
         main = main_latents(fires_tr, pos_tr, eligible)

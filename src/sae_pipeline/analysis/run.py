@@ -21,7 +21,7 @@ from . import causal, examples, hypotheses, select
 from .absorption import absorption_metrics
 from .families import family_metrics
 from .probing import probe
-from .stats import LabelStats
+from .stats import LabelStats, per_class_best
 from .units import SPLITS, neuron_units, pca_units, random_units, sae_units
 
 PROBE_KEY = "dense_probe_directions"  # baselines.json's dense probes, per digit, in the site's coordinates
@@ -55,24 +55,6 @@ def nearest_by_decoder(sae: SAE, live: torch.Tensor, k: int = N_NEAREST) -> list
     cos[:, ~live] = -2.0
     vals, idx = cos.topk(min(k, max(int(live.sum()) - 1, 1)), dim=1)
     return [[(int(i), _r(v, 4)) for i, v in zip(idx[u], vals[u]) if v > -2] for u in range(len(w))]
-
-
-def per_class_best(train: LabelStats, test: LabelStats, min_count: int, k: int = 8) -> list[list[dict]]:
-    """Per digit c, the k latents with the best train F1 of "fires => digit is c" (at least ``min_count`` train
-    firings), with their test precision and recall of that rule."""
-    def prf(st):
-        hits = st.counts.double()
-        prec = hits / st.n.clamp_min(1)[:, None]
-        rec = hits / (st.base_rate * st.n_inputs)[None, :]
-        return prec, rec
-    p_tr, r_tr = prf(train)
-    f1 = torch.where(train.n[:, None] >= min_count, 2 * p_tr * r_tr / (p_tr + r_tr).clamp_min(1e-12), -1.0)
-    p_te, r_te = prf(test)
-    out = []
-    for c in range(train.counts.shape[1]):
-        best = [int(u) for u in f1[:, c].argsort(descending=True, stable=True)[:k] if f1[u, c] >= 0]
-        out.append([{"l": u, "p": round(float(p_te[u, c]), 4), "r": round(float(r_te[u, c]), 4)} for u in best])
-    return out
 
 
 def density_hists(f: torch.Tensor) -> list[dict]:

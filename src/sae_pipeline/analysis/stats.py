@@ -114,3 +114,21 @@ def purity_summary(st: LabelStats, min_count: int, high: float) -> dict:
 def _r(v) -> float:
     v = float(v)
     return round(v, 6) if math.isfinite(v) else v
+
+
+def per_class_best(train: LabelStats, test: LabelStats, min_count: int, k: int = 8) -> list[list[dict]]:
+    """Per digit c, the k latents with the best train F1 of "fires => digit is c" (at least ``min_count`` train
+    firings), with their test precision and recall of that rule."""
+    def prf(st):
+        hits = st.counts.double()
+        prec = hits / st.n.clamp_min(1)[:, None]
+        rec = hits / (st.base_rate * st.n_inputs)[None, :]
+        return prec, rec
+    p_tr, r_tr = prf(train)
+    f1 = torch.where(train.n[:, None] >= min_count, 2 * p_tr * r_tr / (p_tr + r_tr).clamp_min(1e-12), -1.0)
+    p_te, r_te = prf(test)
+    out = []
+    for c in range(train.counts.shape[1]):
+        best = [int(u) for u in f1[:, c].argsort(descending=True, stable=True)[:k] if f1[u, c] >= 0]
+        out.append([{"l": u, "p": round(float(p_te[u, c]), 4), "r": round(float(r_te[u, c]), 4)} for u in best])
+    return out
