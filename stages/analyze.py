@@ -1,5 +1,7 @@
 """Stage analyze (one per site): every latent of the exported SAE (evidence, hypothesis, causal effects), the SAE-dependent
 interpretability metrics next to the baselines, the 50-feature report and the feature browser (test split)."""
+import os
+
 import torch
 
 from sae_pipeline import base, browser
@@ -29,7 +31,8 @@ def main(args):
         placed = browser.write_images(tmp, res, pixels)
         where = f"{card['name']} ({card['architecture']}), site {site_name}: {card['sites'][site_name]['row']}"
         (tmp / "index.html").write_text(browser.page_html(res, families, load_json(args.summary),
-                                                          cfg["analysis"], placed, where))
+                                                          cfg["analysis"], placed, where,
+                                                          os.path.relpath(args.partners, args.browser)))
     save_json(args.latents_json, {"split": "test", "latents": res.latents}, compact=True)
     save_csv(args.latents_csv, csv_rows(res.latents))
     save_json(args.report_json, {"split": "test", "select": cfg["analysis"].select, "features": res.report},
@@ -48,4 +51,4 @@ def main(args):
 
 if __name__ == "__main__":
     run_stage(main, "site", "acts", "sae", "base-model", "base-card", "data", "summary", "baselines", "latents-json",
-              "latents-csv", "report-json", "report-csv", "interpretability", "metrics", "browser")
+              "latents-csv", "report-json", "report-csv", "interpretability", "metrics", "browser", "partners")

@@ -29,6 +29,7 @@ TINY = {
     "sae": {"latents": 64, "target_actives": 8, "epochs": 3, "warmstart_epochs": 2, "calib_probes": 2,
             "calib_epochs": 0.5, "dead_steps": 50},
     "analysis": {"n_features": 5, "top_k": 4, "n_intervention": 32, "min_count": 10},
+    "controls": {"sae": {"epochs": 2, "kl_epochs": 1, "calib_epochs": 0.5}},
 }
 
 

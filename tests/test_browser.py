@@ -107,7 +107,12 @@ def test_browser_sorts_filters_and_cards_agree(tiny_project, browser, tmp_path):
             browser.execute_script("document.querySelectorAll('#card img').forEach(i => i.loading = 'eager')")
             imgs = browser.execute_script(
                 "return Array.from(document.querySelectorAll('#card img')).map(i => [i.getAttribute('src'), i.complete])")
-            assert len(imgs) == 2, imgs
+            # its examples and input pattern, and its best partner's examples in the other site (the universality
+            # stage's partners script): 3 images, each checked to load below
+            links = browser.execute_script(
+                "return Array.from(document.querySelectorAll('#card .partner a')).map(a => a.getAttribute('href'))")
+            assert len(imgs) == 3 and len(links) == 1 and links[0].startswith("../mlp-hidden/index.html#latent-"), imgs
+            partner_link = links[0]
             for _ in range(50):
                 ok = browser.execute_script(
                     "return Array.from(document.querySelectorAll('#card img')).every(i => i.complete && i.naturalWidth > 0)")
@@ -118,6 +123,10 @@ def test_browser_sorts_filters_and_cards_agree(tiny_project, browser, tmp_path):
             n_caps = browser.execute_script("return document.querySelectorAll('#card .cap').length")
             assert n_caps >= min(int(r["n_test"]), 1)
             assert browser.execute_script("return document.querySelectorAll('#card svg.chart').length") == 3
+    # a partner link opens that latent's card in the other site's browser
+    browser.get((page.parent / partner_link.split("#")[0]).resolve().as_uri() + "#" + partner_link.split("#")[1])
+    assert browser.execute_script("return document.getElementById('card').dataset.latent") == partner_link.split("-")[-1]
+    browser.get(page.as_uri())
     # the per-digit view and the baselines panel are there
     assert browser.execute_script("return document.querySelectorAll('#digits .digit').length") == 10
     assert "neurons" in browser.execute_script("return document.getElementById('summary-body').textContent")

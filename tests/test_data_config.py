@@ -85,6 +85,11 @@ BAD = [
     ({"sae": {"taux": 0.1}}, "sae.taux is not a known key"),
     ({"device": "tpu"}, "device must be one of auto, cpu, cuda"),
     ({"activations": {"normalize_z": "yes"}}, "activations.normalize_z must be true or false"),
+    ({"controls": {"seed": 0}}, "controls.seed must be different from seed (0)"),
+    ({"controls": {"sae": {"epoch": 3}}}, "controls.sae.epoch is not a key of sae"),
+    ({"controls": {"sae": {"epochs": 0}}}, "controls.sae (at site mlp-hidden): sae.epochs must be > 0 (got 0)"),
+    ({"controls": {"sae": {"epochs": 2, "kl_epochs": 3}}},
+     "controls.sae (at site mlp-hidden): sae.kl_epochs must be <= sae.epochs (2) when kl_coef > 0 (got 3)"),
 ]
 
 

@@ -22,12 +22,13 @@ from sae_pipeline.export import export_encode, load_export
 
 MODELS, SITES = ["mlp", "vit"], ["mlp-hidden", "vit-block1"]  # the tiny project's (conftest)
 PER_SITE = ["train_sae", "baselines", "analyze"]
-STAGES = ["check_params", "prepare_data", *(f"train_base@{m}" for m in MODELS),
-          *(f"{st}@{s}" for st in PER_SITE for s in SITES), "index", "universality"]
+PER_MODEL = ["train_base", "control_base"]
+STAGES = ["check_params", "prepare_data", *(f"{st}@{m}" for st in PER_MODEL for m in MODELS),
+          *(f"{st}@{s}" for st in (*PER_SITE, "control_sae") for s in SITES), "index", "universality"]
 
 
 def every(stage: str) -> list[str]:
-    return [f"{stage}@{k}" for k in (MODELS if stage == "train_base" else SITES)]
+    return [f"{stage}@{k}" for k in (MODELS if stage in PER_MODEL else SITES)]
 
 
 def reran(proc) -> list[str]:
@@ -40,7 +41,7 @@ def stage_cmd(dest: Path, name: str) -> str:
     dvc = yaml.safe_load((dest / "dvc.yaml").read_text())["stages"][stage]
     if not key:
         return dvc["cmd"]
-    item = yaml.safe_load((dest / "params.yaml").read_text())["models" if stage == "train_base" else "sites"][key]
+    item = yaml.safe_load((dest / "params.yaml").read_text())["models" if stage in PER_MODEL else "sites"][key]
     cmd = dvc["do"]["cmd"].replace("${key}", key)
     return re.sub(r"\$\{item\.(\w+)\}", lambda m: str(item[m.group(1)]), cmd)
 
@@ -85,6 +86,20 @@ def test_repro_outputs_and_clean_status(tiny_project):
         assert 'href="../../index.html"' in html
         live = [r["latent"] for r in latents if r["n_test"]]
         assert all((dest / f"plots/dashboard/{site}/img/ex_{u}.png").stat().st_size > 50 for u in live)
+    for m in MODELS:  # the universality floor (untrained) and ceiling (another seed) models
+        ctl = json.loads((dest / f"metrics/controls/models/{m}.json").read_text())
+        assert ctl["seed"] == 1 and ctl["floor"]["test_acc"] < ctl["ceiling"]["test_acc"]
+    for site in SITES:
+        ctl = json.loads((dest / f"metrics/controls/sites/{site}.json").read_text())
+        assert {"floor", "ceiling"} <= set(ctl) and ctl["ceiling"]["control"] == "ceiling"
+        assert all((dest / f"data/controls/sae/{site}/{k}/cfg.json").exists() for k in ("floor", "ceiling"))
+    univ = json.loads((dest / "metrics/universality.json").read_text())
+    score = univ["pairs"]["mlp-hidden~vit-block1"]["universality_score"]
+    for measure in ("sae_hungarian_mean", "sae_mutual_share_0.5", "raw_hungarian_mean"):
+        u = score[measure]
+        assert {"cross", "floor", "ceiling", "U", "U_ci95"} <= set(u)
+        assert u["U"] is None or u["U_ci95"][0] <= u["U"] <= u["U_ci95"][1], u
+    assert set(univ["ceiling"]) == set(SITES) and "floor" in univ["pairs"]["mlp-hidden~vit-block1"]
     index = (dest / "plots/index.html").read_text()
     assert all(f'href="dashboard/{site}/index.html"' in index for site in SITES)
     assert "http" not in index and "<script" not in index
@@ -144,18 +159,20 @@ def test_two_cold_runs_are_byte_identical(tiny):
 # The index page tracks the models and sites sections (which it lists), so it is in every change to them; the
 # universality stage tracks the sites section and the seed.
 INVALIDATION = [
-    ({"sae": {"tau": 0.05}}, every("train_sae")),
-    ({"sae": {"kl_coef": 20.0}}, every("train_sae")),
-    ({"activations": {"std_floor": 0.4}}, every("train_sae")),
-    ({"models": {"mlp": {"hidden_dim": 24}}}, ["train_base@mlp", "index"]),
-    ({"models": {"vit": {"epochs": 3}}}, ["train_base@vit", "index"]),
+    ({"sae": {"tau": 0.05}}, every("train_sae") + every("control_sae")),
+    ({"sae": {"kl_coef": 20.0}}, every("train_sae") + every("control_sae")),
+    ({"activations": {"std_floor": 0.4}}, every("train_sae") + every("control_sae")),
+    ({"models": {"mlp": {"hidden_dim": 24}}}, ["train_base@mlp", "control_base@mlp", "index"]),
+    ({"models": {"vit": {"epochs": 3}}}, ["train_base@vit", "control_base@vit", "index"]),
     ({"sites": {"mlp-hidden": {"model": "mlp", "site": "hidden", "sae": {"latents": 32}},
                 "vit-block1": {"model": "vit", "site": "block1"}}},
-     ["train_sae@mlp-hidden", "index", "universality"]),
+     ["train_sae@mlp-hidden", "control_sae@mlp-hidden", "index", "universality"]),
+    ({"controls": {"sae": {"epochs": 3}}}, every("control_sae")),
+    ({"controls": {"seed": 2}}, every("control_base") + every("control_sae")),
     ({"analysis": {"n_features": 4}}, every("analyze")),
     ({"analysis": {"min_count": 12}}, every("baselines") + every("analyze")),
     ({"data": {"val_size": 400}}, ["prepare_data"]),
-    ({"seed": 1}, ["prepare_data", *every("train_base"), *every("train_sae"), *every("analyze"), "universality"]),
+    ({"seed": 2}, ["prepare_data", *every("train_base"), *every("train_sae"), *every("analyze"), "universality"]),
 ]
 
 
@@ -178,8 +195,8 @@ def test_code_change_in_one_stage_reruns_only_it(tiny):
     run("git checkout -q stages/analyze.py", dest, env)
     with open(dest / "src/sae_pipeline/sae_train.py", "a") as f:
         f.write("\n# library change\n")
-    # train_sae's outputs are byte-identical, so DVC stops there: analyze's deps did not change
-    assert sorted(reran(run(["dvc", "repro"], dest, env))) == sorted(every("train_sae"))
+    # the SAE fits' outputs are byte-identical, so DVC stops there: analyze's deps did not change
+    assert sorted(reran(run(["dvc", "repro"], dest, env))) == sorted(every("train_sae") + every("control_sae"))
 
 
 # check_params's refusals are unit-tested case by case (tests/test_data_config.py); these go through DVC: a bad
@@ -349,7 +366,7 @@ def test_exp_run_metrics_diff_and_plots(tiny, tmp_path):
     # the experiment reruns what tau touches, and only that
     # the experiment reruns what tau touches, and only that: every site's SAE side, nothing upstream
     ran = reran(run(["dvc", "exp", "run", "-S", "sae.tau=0.05", "-n", "tau005"], dest, env))
-    want = ["check_params", *every("train_sae"), *every("analyze"), "index", "universality"]
+    want = ["check_params", *every("train_sae"), *every("analyze"), *every("control_sae"), "index", "universality"]
     assert sorted(ran) == sorted(want), ran
     show = json.loads(run(["dvc", "exp", "show", "--json"], dest, env).stdout)
     text = json.dumps(show)

@@ -56,14 +56,14 @@ def test_models_split_across_two_machines_and_joined_on_a_third(tiny, sshd, tmp_
     env_a = with_remote(a, env, sshd, tmp_path / "remote")
     run(REMOTE + ["push"], a, env_a)  # the commit's own outputs, which the machines pull first
     restore(a, env_a)
-    parts = {"A": ["analyze@mlp-*"], "B": ["analyze@vit-*"]}
+    parts = {"A": ["analyze@mlp-*", "control_sae@mlp-*"], "B": ["analyze@vit-*", "control_sae@vit-*"]}
     for name, globs in parts.items():
         m = clone(a, tmp_path / name, env_a)
         env_m = with_remote(m, env, sshd, tmp_path / "remote")
         run(REMOTE + ["pull"], m, env_m)
         set_params(m / "params.yaml", {"sae": {"tau": 0.07}})  # a value no other test runs (no run-cache yet)
         got = ran(run(["dvc", "repro", "--glob", *globs], m, env_m))
-        mine = [f"{st}@{s}" for st in ("train_sae", "analyze") for s in SITES if any(
+        mine = [f"{st}@{s}" for st in ("train_sae", "analyze", "control_sae") for s in SITES if any(
             s.startswith(g.split("@")[1][:-1]) for g in globs)]
         assert sorted(got) == sorted(["check_params", *mine]), got  # its own sites' SAE side, nothing else
         run(REMOTE + ["push", "--run-cache"], m, env_m)
@@ -75,7 +75,7 @@ def test_models_split_across_two_machines_and_joined_on_a_third(tiny, sshd, tmp_
     # check_params always runs (0.2 s; its marker is persist, so not run-cached); index and universality are
     # what needs both
     assert sorted(ran(proc)) == ["check_params", "index", "universality"], proc.stdout
-    for stage in ("train_sae", "analyze"):
+    for stage in ("train_sae", "analyze", "control_sae"):
         for site in SITES:
             assert f"Stage '{stage}@{site}' is cached - skipping run" in proc.stdout, (stage, site)
     page = (c / "plots/index.html").read_text()

@@ -8,7 +8,8 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from sae_pipeline.universality import compare, geometry, linear_cka, matching, pearson, rsa, svcca
+from sae_pipeline.universality import (Centred, Control, SiteUnits, bracket, compare, geometry, linear_cka, matching,
+                                        pearson, rsa, svcca, u_score)
 
 N, SHARED, EXCL = 4000, 20, 10
 
@@ -96,7 +97,8 @@ def test_one_site_writes_empty_outputs_without_loading_anything(tmp_path):
     params["sites"] = {"mlp-hidden": params["sites"]["mlp-hidden"]}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     out = tmp_path / "out"
-    args = [*(a for k in ("acts", "sae", "analysis", "data") for a in (f"--{k}", str(tmp_path / "none"))),
+    args = [*(a for k in ("acts", "sae", "analysis", "controls", "control-sae", "data")
+             for a in (f"--{k}", str(tmp_path / "none"))),
             "--metrics", str(out / "m.json"), "--pairs", str(out / "p.csv"), "--plots", str(out / "plots"),
             "--dashboards", str(out / "dashboard")]
     proc = subprocess.run([sys.executable, str(root / "stages/universality.py"), "--params",
@@ -125,3 +127,60 @@ def test_families_join_mutual_partners_and_the_page_links_every_card():
     assert 'href="../dashboard/b/index.html#latent-2"' in page and 'src="../dashboard/c/img/ex_3.png"' in page
     assert "id='family-0'" in page and "id='family-1'" not in page
     assert "http" not in page and "<script" not in page  # offline
+
+
+def test_u_score_is_0_at_the_floor_1_at_the_ceiling_and_its_interval_covers_a_planted_value():
+    """U on comparisons whose per-latent values are planted: a cross-site agreement equal to the floor scores 0,
+    equal to the ceiling 1, halfway 0.5, each inside its bootstrap interval; a ceiling at the floor is undefined."""
+    g = torch.Generator().manual_seed(0)
+
+    def comp(mean, n=400):
+        rho = (mean + 0.05 * torch.randn(n, generator=g, dtype=torch.float64)).tolist()
+        return {"pairs": [(i, i, r) for i, r in enumerate(rho)], "n_a": n, "mutual_nn_rho_0.5": int(n * mean)}
+
+    floor, ceil_a, ceil_b = comp(0.2), comp(0.7), comp(0.9)
+    truth = {"floor": 0.0, "ceiling": 1.0, "half": 0.5}
+    for name, cross in (("floor", comp(0.2)), ("ceiling", comp(0.8)), ("half", comp(0.5))):
+        for measure in ("hungarian_mean", "mutual_share_0.5"):
+            u = u_score(cross, floor, ceil_a, ceil_b, measure, g)
+            lo, hi = u["U_ci95"]
+            assert lo <= u["U"] <= hi and abs(u["U"] - truth[name]) < 0.03, (name, measure, u)
+            assert abs(u["ceiling"] - 0.8) < 0.02 and abs(u["floor"] - 0.2) < 0.02
+            assert hi - lo < 0.25  # 400 latents per term: a tight interval
+    same = comp(0.6)
+    assert u_score(comp(0.5), same, same, same, "hungarian_mean", g)["U"] is None  # no room between the two
+
+
+def test_floor_and_ceiling_bracket_planted_sites():
+    """Sites built from planted features: the ceiling shares every feature of its site, the floor models share
+    none (independent features), and the two sites share half. U lands near 0.5 on both measures, the floor and
+    its shuffled null sit at chance, and every pair gets a score with an interval."""
+    g = torch.Generator().manual_seed(3)
+    k, n = 40, 4000
+
+    def feats(m):
+        return (torch.rand(n, m, generator=g) < 0.1) * (0.5 + torch.rand(n, m, generator=g))
+
+    def view(cols, dim=64):  # scaled, permuted features, and a rotated embedding as the "raw" units
+        x = cols[:, torch.randperm(cols.shape[1], generator=g)] * (0.5 + torch.rand(cols.shape[1], generator=g))
+        return x, x @ torch.linalg.qr(torch.randn(dim, dim, generator=g))[0][:cols.shape[1]]
+
+    own_a, own_b, shared = feats(k // 2), feats(k // 2), feats(k // 2)
+    fa, fb = torch.cat([shared, own_a], 1), torch.cat([shared, own_b], 1)
+    sites, controls = [], {}
+    for name, f in (("a", fa), ("b", fb)):
+        codes, raw = view(f)
+        sites.append(SiteUnits(name, codes, raw, codes, torch.eye(k), []))
+        controls[(name, "ceiling")] = Control(*view(f))
+        controls[(name, "floor")] = Control(*view(feats(k)))
+    prep = {(s.name, kk): Centred.of(getattr(s, kk)) for s in sites for kk in ("codes", "raw")}
+    ceiling, floor = bracket(sites, controls, prep, g)
+    assert ceiling["a"]["codes"]["hungarian_mean"] > 0.95 and ceiling["a"]["codes"]["mutual_nn_rho_0.7"] == k
+    fl = floor["a~b"]["codes"]
+    assert abs(fl["hungarian_mean"]) < 0.05 and fl["mutual_nn_rho_0.5"] == 0
+    assert abs(fl["null_shuffled"]["hungarian_mean"]) < 0.05
+    full = {kk: compare(prep[("a", kk)], prep[("b", kk)], g) for kk in ("codes",)}
+    u = u_score(full["codes"], fl, ceiling["a"]["codes"], ceiling["b"]["codes"], "hungarian_mean", g)
+    assert 0.4 < u["U"] < 0.6 and u["U_ci95"][0] < u["U"] < u["U_ci95"][1], u
+    u = u_score(full["codes"], fl, ceiling["a"]["codes"], ceiling["b"]["codes"], "mutual_share_0.5", g)
+    assert abs(u["U"] - 0.5) < 0.01, u  # exactly the shared half has a mutual partner

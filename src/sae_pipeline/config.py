@@ -354,11 +354,31 @@ class AnalysisConfig(Section):
         self.check("high_purity", 0 < self.high_purity <= 1, "in (0, 1]")
 
 
+@dataclass
+class ControlsConfig(Section):
+    """The floor and ceiling of the universality scores (``controls``): every model again from another seed,
+    untrained (the floor) and trained (the ceiling), with an SAE at each of its sites."""
+
+    _name = "controls"
+    seed: int = 1  # the control models' seed: their init (the floor) and their training (the ceiling)
+    sae: dict = None  # overrides of sae.* (after the site's own) for the control SAEs, e.g. fewer epochs
+
+    def validate(self) -> None:
+        self.check("seed", self.seed >= 0, ">= 0")
+        if self.sae is not None and not isinstance(self.sae, dict):
+            raise ConfigError(f"controls.sae must be a mapping of sae.* overrides (got {self.sae!r})")
+        self.sae = dict(self.sae or {})
+        unknown = sorted(set(self.sae) - {f.name for f in fields(SAEConfig)})
+        if unknown:
+            raise ConfigError(f"controls.sae.{unknown[0]} is not a key of sae")
+
+
 SECTIONS = {
     "data": DataConfig,
     "activations": ActivationsConfig,
     "sae": SAEConfig,
     "analysis": AnalysisConfig,
+    "controls": ControlsConfig,
 }
 
 
@@ -452,15 +472,24 @@ def load_all(params: dict[str, Any]) -> dict[str, Any]:
         _check(sae.batch_size <= limit - cfg["data"].val_size, "sae.batch_size" if not cfg["sites"][name].sae
                else f"sites.{name}.sae.batch_size", sae.batch_size,
                f"<= the training split ({limit - cfg['data'].val_size} images)")
+    _check(cfg["controls"].seed != cfg["run"].seed, "controls.seed", cfg["controls"].seed,
+           f"different from seed ({cfg['run'].seed}): the ceiling is the same architecture from another seed")
+    for name in cfg["sites"]:
+        try:
+            site_sae(cfg, name, control=True)
+        except ConfigError as e:
+            raise ConfigError(f"controls.sae (at site {name}): {e}") from None
     for name, m in cfg["models"].items():
         _check(m.batch_size <= limit - cfg["data"].val_size, f"models.{name}.batch_size", m.batch_size,
                f"<= the training split ({limit - cfg['data'].val_size} images)")
     return cfg
 
 
-def site_sae(cfg: dict[str, Any], site: str) -> "SAEConfig":
-    """The SAE config of one site: ``sae:`` with the site's own ``sae:`` overrides on top."""
-    base, over = cfg["sae"], cfg["sites"][site].sae
+def site_sae(cfg: dict[str, Any], site: str, control: bool = False) -> "SAEConfig":
+    """The SAE config of one site: ``sae:`` with the site's own ``sae:`` overrides on top (and, for the control
+    SAEs of the universality floor and ceiling, ``controls.sae`` on top of those)."""
+    base = cfg["sae"]
+    over = {**cfg["sites"][site].sae, **(cfg["controls"].sae if control else {})}
     if not over:
         return base
     return SAEConfig(**{**{f.name: getattr(base, f.name) for f in fields(SAEConfig)}, **over})

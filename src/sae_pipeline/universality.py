@@ -9,7 +9,10 @@ with row n of both from image n. Every measure here has a null that keeps it hon
 - **CKA** (Kornblith et al. 2019): linear CKA = ||Bᵀ A||²_F / (||Aᵀ A||_F ||Bᵀ B||_F) on centred A, B;
 - **nulls**: the same measures with the rows of ``b`` shuffled (image order broken: chance), which every measure
   must sit at. The Hungarian mean's 95% interval is a bootstrap over the matched pairs (the latents), for
-  fixed images.
+  fixed images;
+- **floor and ceiling** (``controls``): the same measures between the untrained networks' SAEs (floor) and
+  between each site's SAE and the SAE of the same site of the same architecture trained from another seed
+  (ceiling), and the score U = (cross - floor) / (ceiling - floor), 0 at the floor, 1 at the ceiling.
 """
 from __future__ import annotations
 
@@ -191,6 +194,11 @@ MEANING_RHO = 0.5  # matched pairs whose meaning is compared: Hungarian pairs wi
 GEOMETRY_RHO = 0.1  # pairs kept for SVCCA/RSA (Lan et al. 2024 drop weaker ones)
 
 
+def _brief(c: dict) -> dict:
+    """A comparison's summary numbers, without its per-unit lists."""
+    return {k: v for k, v in c.items() if k not in DETAIL}
+
+
 def _corr_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Row-wise Pearson correlation of two [P, k] matrices (0 where a row is constant)."""
     a, b = a.double() - a.double().mean(1, keepdim=True), b.double() - b.double().mean(1, keepdim=True)
@@ -235,14 +243,45 @@ def compare_sites(a: SiteUnits, b: SiteUnits, mean_img: dict[str, torch.Tensor],
     n = min(len(live_a), len(live_b), max(len(matched), 1))
     ra = torch.tensor(live_a)[torch.randperm(len(live_a), generator=gen)[:n]].tolist()
     rb = torch.tensor(live_b)[torch.randperm(len(live_b), generator=gen)[:n]].tolist()
-    drop = lambda d: {k: v for k, v in d.items() if k not in DETAIL}  # noqa: E731
-    return {"sae": drop(sae), "raw": drop(raw), "random_dictionary": drop(rnd),
+    return {"sae": _brief(sae), "raw": _brief(raw), "random_dictionary": _brief(rnd),
             "cka_raw": raw["cka"], "cka_sae": sae["cka"], "geometry": geo,
             "meaning_matched": meaning(a, b, matched, mean_img),
             "meaning_random_pairs": meaning(a, b, list(zip(ra, rb)), mean_img),
-            "_pairs": sae["pairs"], "_partners": (sae["best_partner_a"], sae["best_partner_b"]),
+            "_sae_full": sae, "_raw_full": raw, "_pairs": sae["pairs"], "_partners": (sae["best_partner_a"], sae["best_partner_b"]),
             "_best": {"sae": sae["best"], "sae, images shuffled": sae["best_null"], "raw units": raw["best"],
                       "random dictionary": rnd["best"]}}
+
+
+U_MEASURES = ("hungarian_mean", "mutual_share_0.5")  # the per-latent measures U is computed for, with intervals
+
+
+def _per_unit(c: dict, measure: str) -> torch.Tensor:
+    """The per-latent values whose mean is ``measure`` for one comparison (``compare``'s output): the Hungarian
+    pairs' correlations, or 1 for each of site A's live latents with a mutual best partner at ρ >= 0.5."""
+    if measure == "hungarian_mean":
+        return torch.tensor([r for *_, r in c["pairs"]], dtype=torch.float64)
+    return (torch.arange(c["n_a"]) < c["mutual_nn_rho_0.5"]).double()
+
+
+def u_score(cross: dict, floor: dict, ceiling_a: dict, ceiling_b: dict, measure: str, gen: torch.Generator) -> dict:
+    """U = (cross - floor) / (ceiling - floor) for one pair of sites A, B and one measure, where cross compares A
+    with B, floor the untrained networks' A with B, and the ceiling is the mean of A's and B's agreement with
+    themselves trained from another seed. The 95% interval resamples each comparison's latents (independent
+    dictionaries) ``N_BOOT`` times; U is undefined (None) where the ceiling does not exceed the floor."""
+    terms = [_per_unit(c, measure) for c in (cross, floor, ceiling_a, ceiling_b)]
+
+    def u(c, f, ca, cb):
+        den = (ca + cb) / 2 - f
+        return torch.where(den > 0, (c - f) / torch.where(den > 0, den, 1.0), torch.nan)
+
+    point = [t.mean() for t in terms]
+    boot = [t[torch.randint(len(t), (N_BOOT, len(t)), generator=gen)].mean(1) for t in terms]
+    ub = u(*boot)
+    val = float(u(*point))
+    r = lambda v: None if v != v else round(float(v), 6)  # noqa: E731 - NaN -> None
+    ci = [None, None] if val != val else [r(ub.nanquantile(0.025)), r(ub.nanquantile(0.975))]
+    return {"cross": r(point[0]), "floor": r(point[1]), "ceiling": r((point[2] + point[3]) / 2), "U": r(val),
+            "U_ci95": ci}
 
 
 HIST_BINS = torch.linspace(-0.2, 1.0, 25)
@@ -256,20 +295,62 @@ def best_partner_hist(corr_best: list[float]) -> list[tuple[float, float]]:
     return [(round(float(c), 4), round(float(n) / max(len(v), 1), 6)) for c, n in zip(centres, counts)]
 
 
-def analyse(sites: list[SiteUnits], pixels: torch.Tensor, gen: torch.Generator
-            ) -> tuple[dict, list[dict], list[dict], dict]:
+@dataclass
+class Control:
+    """A site of a floor or ceiling model (``controls``) on the shared test images: its SAE's codes, its units."""
+
+    codes: torch.Tensor
+    raw: torch.Tensor
+
+
+def bracket(sites: list[SiteUnits], controls: dict[tuple[str, str], Control], prep: dict, gen: torch.Generator
+            ) -> tuple[dict, dict]:
+    """The floor and ceiling comparisons: each site's SAE codes and raw units against its ceiling model's
+    (``ceiling[site]``), and each pair's floor models against each other (``floor[pair]``), with their nulls."""
+    for (name, kind), c in controls.items():
+        for k in ("codes", "raw"):
+            prep[(f"{name}:{kind}", k)] = Centred.of(getattr(c, k))
+    ceiling = {s.name: {k: compare(prep[(s.name, k)], prep[(f"{s.name}:ceiling", k)], gen) for k in ("codes", "raw")}
+               for s in sites}
+    floor = {}
+    for i, a in enumerate(sites):
+        for b in sites[i + 1:]:
+            floor[f"{a.name}~{b.name}"] = {k: compare(prep[(f"{a.name}:floor", k)], prep[(f"{b.name}:floor", k)],
+                                                      gen) for k in ("codes", "raw")}
+    return ceiling, floor
+
+
+def analyse(sites: list[SiteUnits], pixels: torch.Tensor, gen: torch.Generator,
+            controls: dict[tuple[str, str], Control] | None = None) -> tuple[dict, list[dict], list[dict], dict]:
     """Every pair of sites: ``metrics/universality.json``'s content, the matched-pairs table (one row per
     Hungarian pair), the best-partner histogram rows (``series``: pair and unit kind) and each latent's best
-    partner in every other site, ``{(site, other): {latent: (partner, ρ)}}``."""
+    partner in every other site, ``{(site, other): {latent: (partner, ρ)}}``. With ``controls`` (by (site,
+    "floor" | "ceiling")), each pair also gets its floor, ceiling and U (``u_score``)."""
     # each latent's mean top-example image, as its browser card shows it
     mean_img = {s.name: mean_images(pixels, [[e["test_index"] for e in r["top_examples"]] for r in s.latents]
                                     ).flatten(1) for s in sites}
     prep = {(s.name, k): Centred.of(getattr(s, k)) for s in sites for k in ("codes", "raw", "random")}
     metrics, rows, hist, partners = {"split": "test", "pairs": {}}, [], [], {}
+    ceiling, floor = bracket(sites, controls, prep, gen) if controls else ({}, {})
+    if ceiling:
+        metrics["ceiling"] = {s: {k: _brief(c) for k, c in v.items()} for s, v in ceiling.items()}
     for i, a in enumerate(sites):
         for b in sites[i + 1:]:
             key = f"{a.name}~{b.name}"
             out = compare_sites(a, b, mean_img, gen, prep)
+            if ceiling:
+                out["floor"] = {k: _brief(c) for k, c in floor[key].items()}
+                full = {"codes": out.pop("_sae_full"), "raw": out.pop("_raw_full")}
+                out["universality_score"] = {
+                    f"{'sae' if k == 'codes' else 'raw'}_{m}": u_score(full[k], floor[key][k], ceiling[a.name][k],
+                                                                         ceiling[b.name][k], m, gen)
+                    for k in ("codes", "raw") for m in U_MEASURES}
+                cka = [out["cka_sae"], floor[key]["codes"]["cka"],
+                       (ceiling[a.name]["codes"]["cka"] + ceiling[b.name]["codes"]["cka"]) / 2]
+                out["universality_score"]["sae_cka"] = {
+                    "cross": cka[0], "floor": cka[1], "ceiling": round(cka[2], 6),
+                    "U": round((cka[0] - cka[1]) / (cka[2] - cka[1]), 6) if cka[2] > cka[1] else None}
+            out.pop("_sae_full", None), out.pop("_raw_full", None)
             pairs, best = out.pop("_pairs"), out.pop("_best")
             for (x, y), lst in zip(((a.name, b.name), (b.name, a.name)), out.pop("_partners")):
                 partners[(x, y)] = {i: (j, r) for i, j, r in lst}

@@ -49,8 +49,33 @@ def exclusive(site: str, sites: list[str], partners: dict, n_test: dict[int, int
     return [(u, r) for u, r, _ in sorted(out, key=lambda t: -t[2])]
 
 
-def page_html(sites: list[str], partners: dict, n_test: dict[str, dict[int, int]], dashboards: str) -> str:
-    """``dashboards``: the folder of the sites' browsers relative to the page."""
+def score_table(scores: dict[str, dict]) -> str:
+    """The U table: per pair of sites and measure, U with its 95% interval, and the cross, floor and ceiling
+    values it is computed from (``universality.u_score``)."""
+    if not scores:
+        return ""
+    measures = list(next(iter(scores.values())))
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in measures)
+
+    def cell(u):
+        ci = u.get("U_ci95")
+        val = "n/a" if u["U"] is None else f"{u['U']:.2f}"
+        rng = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and None not in ci else ""
+        return f"<td><b>{val}</b>{rng}<br><small>{u['cross']:.3f} (floor {u['floor']:.3f}, ceiling " \
+               f"{u['ceiling']:.3f})</small></td>"
+
+    rows = "".join(f"<tr><td>{html.escape(k)}</td>{''.join(cell(v[m]) for m in measures)}</tr>"
+                   for k, v in scores.items())
+    return ("<h2 id='scores'>How universal: U between the floor and the ceiling</h2><p>U = (cross − floor) / "
+            "(ceiling − floor): 0 is what untrained networks of the two architectures share (floor), 1 what each "
+            "site shares with itself trained from another seed (ceiling); 95% bootstrap intervals over latents. "
+            f"</p><table><tr><th>pair</th>{head}</tr>{rows}</table>")
+
+
+def page_html(sites: list[str], partners: dict, n_test: dict[str, dict[int, int]], dashboards: str,
+              scores: dict[str, dict] | None = None) -> str:
+    """``dashboards``: the folder of the sites' browsers relative to the page; ``scores``: each pair's
+    ``universality_score`` (metrics/universality.json)."""
     def card(s, u):
         return f'<a href="{html.escape(dashboards)}/{html.escape(s)}/index.html#latent-{u}">{html.escape(s)} #{u}</a>'
 
@@ -63,7 +88,7 @@ def page_html(sites: list[str], partners: dict, n_test: dict[str, dict[int, int]
              "</head><body><h1>Universality across sites</h1>"
              "<p>Best partners by Pearson correlation of latent activations on the shared test images "
              "(<code>metrics/universality.json</code> has every measure with its nulls). Each link opens the "
-             "latent's card in its site's browser.</p>"]
+             "latent's card in its site's browser.</p>", score_table(scores or {})]
     fams = families(sites, partners)
     parts.append(f"<h2 id='families'>Most universal feature families</h2><p>{len(fams)} groups of latents that are "
                  f"mutual best partners with ρ ≥ {FAMILY_RHO} across sites; the first {N_FAMILIES}, one example "

@@ -64,8 +64,11 @@ def write_images(out_dir: Path, res: AnalysisResult, pixels: torch.Tensor) -> di
     return out
 
 
-def page_html(res: AnalysisResult, families: dict, summary: dict, cfg, placed: dict, where: str) -> str:
-    """``where``: the model and site, e.g. "mlp (mlp), site hidden: one image: the hidden layer"."""
+def page_html(res: AnalysisResult, families: dict, summary: dict, cfg, placed: dict, where: str,
+              partners_js: str = "") -> str:
+    """``where``: the model and site, e.g. "mlp (mlp), site hidden: one image: the hidden layer";
+    ``partners_js``: the path, relative to the page, of the universality stage's script that gives each latent's
+    partners in the other sites (written later, by a downstream stage; the cards show them when it is there)."""
     sel_rank = {u: i for i, u in enumerate(res.selected)}
     data = {
         "img_prefix": IMG_DIR + "/",
@@ -106,6 +109,7 @@ bound of the share of firings in the named digits (high ≥ 90%, medium ≥ 70%,
 <div class="tablebox"><table id="latents"><thead></thead><tbody></tbody></table></div>
 <div id="card"><p>Click a row (or open <code>#latent-&lt;id&gt;</code>) to see a latent's card.</p></div>
 </div>
+{f'<script src="{html.escape(partners_js)}"></script>' if partners_js else ""}
 <script type="application/json" id="data">{blob}</script>
 <script>{(HERE / "browser.js").read_text()}</script>
 </body></html>

@@ -95,6 +95,17 @@ function heatBlock(r) {
     `<p class="note">Left: d(pre-activation)/d(pixel), averaged over the top examples (red raises it, blue lowers it; per pixel, in units of one grey level). Right: the top examples' mean.</p></div>`;
 }
 
+// Each latent's best partner in every other site, by correlation on the test images, with its example strip:
+// written by the universality stage (window.PARTNERS, a script beside this page's site folder), absent for one site.
+function partnersBlock(r) {
+  const rows = (window.PARTNERS || {})[r.id];
+  if (!rows || !rows.length) return "";
+  return `<div class="partners"><h3>Partners in the other sites</h3>` + rows.map(([site, j, rho]) =>
+    `<div class="partner"><a href="../${esc(site)}/index.html#latent-${j}">${esc(site)} #${j}</a> ρ ${num(rho, 2)}` +
+    `<img class="px" loading="lazy" src="../${esc(site)}/img/ex_${j}.png" alt="examples of ${esc(site)} latent ${j}"></div>`).join("") +
+    `<p class="note">Best partner in each other site by Pearson correlation of activations on the test images; its examples beside (the universality page has every measure).</p></div>`;
+}
+
 function renderCard(id) {
   const r = L[id];
   if (!r) { $("#card").innerHTML = `<p>No latent ${esc(id)}.</p>`; return; }
@@ -119,6 +130,7 @@ function renderCard(id) {
       barChart({values: r.dl, labels: [...Array(10).keys()].map(String), title: "Δlogit when added (intervention)", xlabel: "digit", ylabel: "mean Δlogit", highlight: [r.top]}) +
       `</div>`;
   }
+  s += partnersBlock(r);
   s += `<p>Nearest latents by decoder cosine: ${r.near.map(([j, c]) => `<a href="#latent-${j}">${j}</a> (${num(c, 2)})`).join(", ") || "–"}</p>`;
   $("#card").innerHTML = s;
   $("#card").dataset.latent = r.id;
