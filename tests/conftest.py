@@ -30,6 +30,7 @@ TINY = {
             "calib_epochs": 0.5, "dead_steps": 50},
     "analysis": {"n_features": 5, "top_k": 4, "n_intervention": 32, "min_count": 10},
     "controls": {"sae": {"epochs": 2, "kl_epochs": 1, "calib_epochs": 0.5}},
+    "shared": {"latents": 64, "k": 8, "epochs": 3, "batch_size": 64},
 }
 
 

@@ -86,6 +86,8 @@ BAD = [
     ({"device": "tpu"}, "device must be one of auto, cpu, cuda"),
     ({"activations": {"normalize_z": "yes"}}, "activations.normalize_z must be true or false"),
     ({"controls": {"seed": 0}}, "controls.seed must be different from seed (0)"),
+    ({"shared": {"mode": "sparse"}}, "shared.mode must be one of universal, crosscoder (got 'sparse')"),
+    ({"shared": {"k": 600}}, "shared.k must be > 0 and < shared.latents (512) (got 600)"),
     ({"controls": {"sae": {"epoch": 3}}}, "controls.sae.epoch is not a key of sae"),
     ({"controls": {"sae": {"epochs": 0}}}, "controls.sae (at site mlp-hidden): sae.epochs must be > 0 (got 0)"),
     ({"controls": {"sae": {"epochs": 2, "kl_epochs": 3}}},

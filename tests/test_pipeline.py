@@ -1,4 +1,5 @@
 """End to end: the real pipeline under real DVC, on a tiny configuration, in a temporary git repo."""
+import csv
 import json
 import os
 import re
@@ -24,7 +25,8 @@ MODELS, SITES = ["mlp", "vit"], ["mlp-hidden", "vit-block1"]  # the tiny project
 PER_SITE = ["train_sae", "baselines", "analyze"]
 PER_MODEL = ["train_base", "control_base"]
 STAGES = ["check_params", "prepare_data", *(f"{st}@{m}" for st in PER_MODEL for m in MODELS),
-          *(f"{st}@{s}" for st in (*PER_SITE, "control_sae") for s in SITES), "index", "universality"]
+          *(f"{st}@{s}" for st in (*PER_SITE, "control_sae") for s in SITES), "index", "universality",
+          "shared_dictionary"]
 
 
 def every(stage: str) -> list[str]:
@@ -100,6 +102,13 @@ def test_repro_outputs_and_clean_status(tiny_project):
         assert {"cross", "floor", "ceiling", "U", "U_ci95"} <= set(u)
         assert u["U"] is None or u["U_ci95"][0] <= u["U"] <= u["U_ci95"][1], u
     assert set(univ["ceiling"]) == set(SITES) and "floor" in univ["pairs"]["mlp-hidden~vit-block1"]
+    sh = json.loads((dest / "metrics/shared.json").read_text())  # the shared dictionary and its null
+    for m in (sh, sh["null_mismatched_images"]):
+        assert set(m["cross_reconstruction"]) == set(SITES) and m["k"] == 8
+        assert all(set(row) == set(SITES) and all("kl" in v for v in row.values())
+                   for row in m["cross_reconstruction"].values())
+    rows = list(csv.DictReader(open(dest / "data/shared/latents.csv")))
+    assert len(rows) == 64 and {"latent", "entropy", "iou_mean", "sites"} <= set(rows[0])
     index = (dest / "plots/index.html").read_text()
     assert all(f'href="dashboard/{site}/index.html"' in index for site in SITES)
     assert "http" not in index and "<script" not in index
@@ -157,22 +166,24 @@ def test_two_cold_runs_are_byte_identical(tiny):
 # so it reruns on every edit (in 0.2 s, with a byte-identical output). What runs downstream of them depends on
 # whether their outputs change; test_code_change_in_one_stage_reruns_only_it and the exp-run test run that.
 # The index page tracks the models and sites sections (which it lists), so it is in every change to them; the
-# universality stage tracks the sites section and the seed.
+# universality and shared_dictionary stages track the sites section and the seed (the latter the activations too).
 INVALIDATION = [
     ({"sae": {"tau": 0.05}}, every("train_sae") + every("control_sae")),
     ({"sae": {"kl_coef": 20.0}}, every("train_sae") + every("control_sae")),
-    ({"activations": {"std_floor": 0.4}}, every("train_sae") + every("control_sae")),
+    ({"activations": {"std_floor": 0.4}}, every("train_sae") + every("control_sae") + ["shared_dictionary"]),
     ({"models": {"mlp": {"hidden_dim": 24}}}, ["train_base@mlp", "control_base@mlp", "index"]),
     ({"models": {"vit": {"epochs": 3}}}, ["train_base@vit", "control_base@vit", "index"]),
     ({"sites": {"mlp-hidden": {"model": "mlp", "site": "hidden", "sae": {"latents": 32}},
                 "vit-block1": {"model": "vit", "site": "block1"}}},
-     ["train_sae@mlp-hidden", "control_sae@mlp-hidden", "index", "universality"]),
+     ["train_sae@mlp-hidden", "control_sae@mlp-hidden", "index", "universality", "shared_dictionary"]),
+    ({"shared": {"k": 4}}, ["shared_dictionary"]),
     ({"controls": {"sae": {"epochs": 3}}}, every("control_sae")),
     ({"controls": {"seed": 2}}, every("control_base") + every("control_sae")),
     ({"analysis": {"n_features": 4}}, every("analyze")),
     ({"analysis": {"min_count": 12}}, every("baselines") + every("analyze")),
     ({"data": {"val_size": 400}}, ["prepare_data"]),
-    ({"seed": 2}, ["prepare_data", *every("train_base"), *every("train_sae"), *every("analyze"), "universality"]),
+    ({"seed": 2}, ["prepare_data", *every("train_base"), *every("train_sae"), *every("analyze"), "universality",
+                   "shared_dictionary"]),
 ]
 
 

@@ -84,8 +84,8 @@ def test_geometry_nulls_equal_recomputing_each_shuffle():
 
 
 def test_one_site_writes_empty_outputs_without_loading_anything(tmp_path):
-    """A one-model configuration (e.g. `make repro` of the MLP alone) has no pair: the stage writes empty outputs
-    at once and reads none of its inputs (which may not exist)."""
+    """A one-model configuration (e.g. `make repro` of the MLP alone) has no pair: the universality and shared
+    dictionary stages write empty outputs at once and read none of their inputs (which may not exist)."""
     import subprocess
     import sys
 
@@ -108,6 +108,14 @@ def test_one_site_writes_empty_outputs_without_loading_anything(tmp_path):
     assert json.loads((out / "m.json").read_text()) == {"split": "test", "pairs": {}}
     assert (out / "p.csv").read_text().startswith("site_a,") and (out / "plots/best_partner.csv").exists()
     assert 'href="../dashboard/mlp-hidden/index.html' not in (out / "plots/index.html").read_text()  # no latents
+    args = [*(a for k in ("acts", "models", "data") for a in (f"--{k}", str(tmp_path / "none"))),
+            "--model", str(out / "shared"), "--latents", str(out / "l.csv"), "--metrics", str(out / "s.json"),
+            "--plots", str(out / "shared_plots")]
+    proc = subprocess.run([sys.executable, str(root / "stages/shared_dictionary.py"), "--params",
+                           str(tmp_path / "params.yaml"), *args], capture_output=True, text=True,
+                          env={"PYTHONPATH": str(root / "src"), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped" in json.loads((out / "s.json").read_text()) and (out / "shared").is_dir()
 
 
 def test_families_join_mutual_partners_and_the_page_links_every_card():

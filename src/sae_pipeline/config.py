@@ -373,12 +373,37 @@ class ControlsConfig(Section):
             raise ConfigError(f"controls.sae.{unknown[0]} is not a key of sae")
 
 
+SHARED_MODES = ("universal", "crosscoder")
+
+
+@dataclass
+class SharedConfig(Section):
+    """The shared dictionary over every site (``shared``, src/sae_pipeline/shared.py)."""
+
+    _name = "shared"
+    mode: str = "universal"  # universal (encode from one site, decode every site) | crosscoder (from all at once)
+    latents: int = 512
+    k: int = 20  # TopK: latents a row, as the sites' own SAEs' target L0
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 0.002
+
+    def validate(self) -> None:
+        self.check("mode", self.mode in SHARED_MODES, "one of " + ", ".join(SHARED_MODES))
+        self.check("latents", self.latents > 0, "> 0")
+        self.check("k", 0 < self.k < self.latents, f"> 0 and < shared.latents ({self.latents})")
+        self.check("epochs", self.epochs > 0, "> 0")
+        self.check("batch_size", self.batch_size > 0, "> 0")
+        self.check("lr", self.lr > 0, "> 0")
+
+
 SECTIONS = {
     "data": DataConfig,
     "activations": ActivationsConfig,
     "sae": SAEConfig,
     "analysis": AnalysisConfig,
     "controls": ControlsConfig,
+    "shared": SharedConfig,
 }
 
 
@@ -479,6 +504,8 @@ def load_all(params: dict[str, Any]) -> dict[str, Any]:
             site_sae(cfg, name, control=True)
         except ConfigError as e:
             raise ConfigError(f"controls.sae (at site {name}): {e}") from None
+    _check(cfg["shared"].batch_size <= limit - cfg["data"].val_size, "shared.batch_size", cfg["shared"].batch_size,
+           f"<= the training split ({limit - cfg['data'].val_size} images)")
     for name, m in cfg["models"].items():
         _check(m.batch_size <= limit - cfg["data"].val_size, f"models.{name}.batch_size", m.batch_size,
                f"<= the training split ({limit - cfg['data'].val_size} images)")
