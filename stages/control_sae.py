@@ -28,7 +28,7 @@ def main(args):
             acts = load_acts(load_npz(os.path.join(args.controls, f"{kind}_acts.npz")), site_cfg.site,
                              cfg["activations"])
             site = base.load_site(load_torch(os.path.join(args.controls, f"{kind}.pt")), card, site_cfg.site)
-            res = fit_sae(site_sae(cfg, args.site, control=True), acts, site, x, torch.from_numpy(data["y_test"]),
+            res = fit_sae(site_sae(cfg, args.site, control=kind), acts, site, x, torch.from_numpy(data["y_test"]),
                           cfg["controls"].seed, device)
             summary = {"model": card["name"], "hook": site_cfg.site, "d_in": site.width, "control": kind,
                        **res.summary}

@@ -87,6 +87,8 @@ BAD = [
     ({"activations": {"normalize_z": "yes"}}, "activations.normalize_z must be true or false"),
     ({"controls": {"seed": 0}}, "controls.seed must be different from seed (0)"),
     ({"shared": {"mode": "sparse"}}, "shared.mode must be one of universal, crosscoder (got 'sparse')"),
+    ({"sites": {"x": {"model": "mlp", "site": "hidden", "floor_sae": {"lamda_init": 1}}}},
+     "sites.x.floor_sae.lamda_init is not a key of sae"),
     ({"shared": {"k": 600}}, "shared.k must be > 0 and < shared.latents (512) (got 600)"),
     ({"controls": {"sae": {"epoch": 3}}}, "controls.sae.epoch is not a key of sae"),
     ({"controls": {"sae": {"epochs": 0}}}, "controls.sae (at site mlp-hidden): sae.epochs must be > 0 (got 0)"),
@@ -113,10 +115,17 @@ def test_bad_params_name_key_value_and_allowed(override, message):
 def test_defaults_are_valid_and_a_site_override_applies_to_its_site_only():
     from sae_pipeline.config import site_sae
 
-    cfg = load_all(_committed({"sites": {"a": {"model": "mlp", "site": "hidden", "sae": {"latents": 1024}},
-                                         "b": {"model": "vit", "site": "block2"}}}))
+    cfg = load_all(_committed({"sites": {"a": {"model": "mlp", "site": "hidden", "sae": {"latents": 1024},
+                                               "floor_sae": {"lambda_init": 0.7}},
+                                         "b": {"model": "vit", "site": "block2"}},
+                               "controls": {"sae": {"epochs": 6, "kl_epochs": 1}}}))
     assert cfg["sae"].tau == 0.2 and cfg["data"].val_size == 5000
     assert site_sae(cfg, "a").latents == 1024 and site_sae(cfg, "b").latents == 512 == cfg["sae"].latents
+    # the control SAEs: controls.sae on top of the site's own, and floor_sae for the floor's alone
+    floor, ceiling = site_sae(cfg, "a", control="floor"), site_sae(cfg, "a", control="ceiling")
+    assert floor.latents == ceiling.latents == 1024 and floor.epochs == ceiling.epochs == 6
+    assert floor.lambda_init == 0.7 and ceiling.lambda_init == site_sae(cfg, "a").lambda_init == cfg["sae"].lambda_init
+    assert site_sae(cfg, "a").epochs == 18
     assert cfg["models"]["cnn"].site_names() == ("pool", "fc")
 
 

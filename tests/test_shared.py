@@ -73,3 +73,28 @@ def test_topk_code_has_k_latents_and_a_crosscoder_reads_every_site():
     # its own input: every site at once reconstructs each better than one site's code alone does
     assert all(m["cross_reconstruction"]["all sites"][s]["fvu"] < m["cross_reconstruction"]["a"][s]["fvu"]
                for s in ("b", "c"))
+
+
+def test_sparse_decode_and_its_gradients_equal_the_dense_product():
+    """Training decodes from the k active latents (embedding_bag); the dense code through W_dec gives the same
+    reconstruction and the same gradients for the decoder and the code."""
+    from sae_pipeline.shared import SharedDictionary
+
+    g = torch.Generator().manual_seed(0)
+    model = SharedDictionary({"a": 5, "b": 7}, 32, 4, g).double()
+    x = {"a": torch.randn(9, 5, generator=g, dtype=torch.float64), "b": torch.randn(9, 7, generator=g,
+                                                                                  dtype=torch.float64)}
+    target = torch.randn(9, 12, generator=g, dtype=torch.float64)
+    grads = []
+    for sparse in (True, False):
+        model.zero_grad()
+        top = model.encode_topk({"a": x["a"]})
+        if sparse:
+            rec = model.decode_topk(top)
+        else:
+            z = torch.zeros(9, 32, dtype=torch.float64).scatter(-1, top.indices, top.values)
+            rec = torch.cat([model.decode(z, "a"), model.decode(z, "b")], 1)
+        (rec - target).pow(2).sum().backward()
+        grads.append((rec.detach(), model.W_dec.grad.clone(), model.W_enc[0].grad.clone(), model.b_dec.grad.clone()))
+    for u, v in zip(*grads):
+        assert torch.allclose(u, v, atol=1e-12)

@@ -174,6 +174,7 @@ class SiteConfig(Section):
     model: str = ""  # a name under models:
     site: str = ""  # one of that model's sites
     sae: dict = None  # overrides of sae.* for this site only (optional)
+    floor_sae: dict = None  # overrides of sae.* for the SAE of its untrained floor model alone (optional)
 
 
 def _named(section: str, name: str, raw: Any, cls: type):
@@ -234,14 +235,17 @@ def load_sites(params: dict[str, Any], models: dict[str, ModelConfig], sae: dict
         if s.site not in have:
             raise ConfigError(f"sites.{name}.site: model {s.model} ({models[s.model].arch}) has no site {s.site!r};"
                               f" its sites: {', '.join(have)}")
-        if s.sae is not None and not isinstance(s.sae, dict):
-            raise ConfigError(f"sites.{name}.sae must be a mapping of sae.* overrides (got {s.sae!r})")
-        s.sae = dict(s.sae or {})
-        unknown = sorted(set(s.sae) - {f.name for f in fields(SAEConfig)})
-        if unknown:
-            raise ConfigError(f"sites.{name}.sae.{unknown[0]} is not a key of sae")
+        for key in ("sae", "floor_sae"):
+            over = getattr(s, key)
+            if over is not None and not isinstance(over, dict):
+                raise ConfigError(f"sites.{name}.{key} must be a mapping of sae.* overrides (got {over!r})")
+            setattr(s, key, dict(over or {}))
+            unknown = sorted(set(getattr(s, key)) - {f.name for f in fields(SAEConfig)})
+            if unknown:
+                raise ConfigError(f"sites.{name}.{key}.{unknown[0]} is not a key of sae")
         try:
             SAEConfig(**{**sae, **s.sae})
+            SAEConfig(**{**sae, **s.sae, **s.floor_sae})
         except ConfigError as e:
             raise ConfigError(f"sites.{name}: {e}") from None
         out[name] = s
@@ -501,7 +505,7 @@ def load_all(params: dict[str, Any]) -> dict[str, Any]:
            f"different from seed ({cfg['run'].seed}): the ceiling is the same architecture from another seed")
     for name in cfg["sites"]:
         try:
-            site_sae(cfg, name, control=True)
+            site_sae(cfg, name, control="floor"), site_sae(cfg, name, control="ceiling")
         except ConfigError as e:
             raise ConfigError(f"controls.sae (at site {name}): {e}") from None
     _check(cfg["shared"].batch_size <= limit - cfg["data"].val_size, "shared.batch_size", cfg["shared"].batch_size,
@@ -512,11 +516,12 @@ def load_all(params: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-def site_sae(cfg: dict[str, Any], site: str, control: bool = False) -> "SAEConfig":
-    """The SAE config of one site: ``sae:`` with the site's own ``sae:`` overrides on top (and, for the control
-    SAEs of the universality floor and ceiling, ``controls.sae`` on top of those)."""
-    base = cfg["sae"]
-    over = {**cfg["sites"][site].sae, **(cfg["controls"].sae if control else {})}
+def site_sae(cfg: dict[str, Any], site: str, control: str = "") -> "SAEConfig":
+    """The SAE config of one site: ``sae:`` with the site's own ``sae:`` overrides on top; for the control SAEs
+    of the universality floor and ceiling (``control`` "floor" or "ceiling"), ``controls.sae`` on top of those,
+    and for the floor the site's ``floor_sae`` (e.g. the λ its calibration lands on) last."""
+    base, s = cfg["sae"], cfg["sites"][site]
+    over = {**s.sae, **(cfg["controls"].sae if control else {}), **(s.floor_sae if control == "floor" else {})}
     if not over:
         return base
     return SAEConfig(**{**{f.name: getattr(base, f.name) for f in fields(SAEConfig)}, **over})

@@ -29,6 +29,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .metrics import fvu, kl_logits
@@ -40,39 +41,55 @@ COFIRING_IOU = 0.5  # a latent "co-fires" when its mean IoU over site pairs is a
 
 
 class SharedDictionary(nn.Module):
-    """``W_enc[i]: [d_i, K]``, ``b_dec[i]: [d_i]`` and ``W_dec[i]: [K, d_i]`` per site, one ``b_enc: [K]``."""
+    """``W_enc[i]: [d_i, K]`` per site; one decoder ``W_dec: [K, sum d_i]`` and ``b_dec: [sum d_i]`` whose column
+    block ``slices[i]`` is site i's (one decode writes every site); one ``b_enc: [K]``."""
 
     def __init__(self, widths: dict[str, int], latents: int, k: int, gen: torch.Generator):
         super().__init__()
         self.names, self.k = list(widths), k
+        ends = torch.tensor(list(widths.values())).cumsum(0).tolist()
+        self.slices = [slice(e - d, e) for e, d in zip(ends, widths.values())]
         # decoder rows of unit norm over all sites together, the encoders their transposes (Gao et al. 2024, A.1)
-        w = torch.randn(latents, sum(widths.values()), generator=gen)
+        w = torch.randn(latents, ends[-1], generator=gen)
         w = w / w.norm(dim=1, keepdim=True)
-        parts = w.split(list(widths.values()), dim=1)
-        self.W_dec = nn.ParameterList([nn.Parameter(p.clone()) for p in parts])
-        self.W_enc = nn.ParameterList([nn.Parameter(p.T.clone()) for p in parts])
-        self.b_dec = nn.ParameterList([nn.Parameter(torch.zeros(d)) for d in widths.values()])
+        self.W_dec = nn.Parameter(w)
+        self.W_enc = nn.ParameterList([nn.Parameter(w[:, sl].T.clone()) for sl in self.slices])
+        self.b_dec = nn.Parameter(torch.zeros(ends[-1]))
         self.b_enc = nn.Parameter(torch.zeros(latents))
 
     @property
     def latents(self) -> int:
         return len(self.b_enc)
 
+    def encode_topk(self, xs: dict[str, torch.Tensor]) -> torch.return_types.topk:
+        """The code from the sites in ``xs`` (one site, or several summed: the crosscoder's encoder), as the
+        values and indices of its k largest (ReLU'd) pre-activations."""
+        pre = self.b_enc
+        for s, x in xs.items():
+            i = self.names.index(s)
+            pre = pre + (x - self.b_dec[self.slices[i]]) @ self.W_enc[i]
+        return pre.relu().topk(self.k, dim=-1)
+
     def encode(self, xs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The code from the sites in ``xs`` (one site, or several summed: the crosscoder's encoder)."""
-        pre = self.b_enc + sum((x - self.b_dec[self.names.index(s)]) @ self.W_enc[self.names.index(s)]
-                               for s, x in xs.items())
-        top = pre.relu().topk(self.k, dim=-1)
-        return torch.zeros_like(pre).scatter_(-1, top.indices, top.values)
+        """``encode_topk`` as a dense [N, K] code."""
+        top = self.encode_topk(xs)
+        return torch.zeros(len(top.values), self.latents, dtype=top.values.dtype).scatter_(-1, top.indices,
+                                                                                           top.values)
 
     def decode(self, z: torch.Tensor, site: str) -> torch.Tensor:
-        i = self.names.index(site)
-        return z @ self.W_dec[i] + self.b_dec[i]
+        sl = self.slices[self.names.index(site)]
+        return z @ self.W_dec[:, sl] + self.b_dec[sl]
+
+    def decode_topk(self, top: torch.return_types.topk) -> torch.Tensor:
+        """Every site at once, [N, sum d_i], from the k active latents alone: a weighted sum of k decoder rows per
+        input (``embedding_bag``), k/K of the dense product's work, forward and backward (training's decode)."""
+        return F.embedding_bag(top.indices, self.W_dec, per_sample_weights=top.values, mode="sum") + self.b_dec
 
     def relative_norms(self) -> torch.Tensor:
         """[S, K]: each latent's decoder row norm in each site per square root of the site's width (its share of
         the site's per-unit loss scales so), over its largest across the sites."""
-        n = torch.stack([w.detach().norm(dim=1) / math.sqrt(w.shape[1]) for w in self.W_dec])
+        n = torch.stack([self.W_dec.detach()[:, sl].norm(dim=1) / math.sqrt(sl.stop - sl.start)
+                         for sl in self.slices])
         return n / n.max(0).values.clamp_min(1e-300)
 
 
@@ -88,24 +105,27 @@ def train_shared(train: dict[str, torch.Tensor], latents: int, k: int, mode: str
     if mismatched:
         train = {s: (x if i == 0 else x[torch.randperm(len(x), generator=gen)]) for i, (s, x) in enumerate(train.items())}
     model = SharedDictionary({s: x.shape[1] for s, x in train.items()}, latents, k, gen)
+    every = torch.cat(list(train.values()), 1)  # [N, sum d_i], the decoder's target for every site at once
+    widths = torch.tensor([x.shape[1] for x in train.values()], dtype=every.dtype)
     opt = Adam(model.parameters())
-    n = len(next(iter(train.values())))
+    n = len(every)
     total, step, history = epochs * -(-n // batch_size), 0, []
     for _ in range(epochs):
         perm = torch.randperm(n, generator=gen)
         for i in range(0, n, batch_size):
             idx = perm[i:i + batch_size]
-            batch = {s: x[idx] for s, x in train.items()}
-            z = model.encode({s: batch[s] for s in _sources(mode, names, step)})
-            mse = {s: (model.decode(z, s) - batch[s]).pow(2).mean() for s in names}
-            loss = sum(mse.values())
+            top = model.encode_topk({s: train[s][idx] for s in _sources(mode, names, step)})
+            err = (model.decode_topk(top) - every[idx]).pow(2).sum(0)
+            # each site's mean squared error per unit, summed over sites: a wide site does not outweigh a narrow one
+            mse = torch.stack([err[sl].sum() for sl in model.slices]) / (widths * len(idx))
+            loss = mse.sum()
             opt.zero_grad()
             loss.backward()
             opt.step(lr * one_cycle_lr(step, total))
             step += 1
             if step % 50 == 0 or step == total:
                 history.append({"step": step, "loss": round(loss.item(), 6),
-                                **{f"mse_{s}": round(v.item(), 6) for s, v in mse.items()}})
+                                **{f"mse_{s}": round(float(v), 6) for s, v in zip(names, mse.detach())}})
     return model.eval().requires_grad_(False), history
 
 
