@@ -3,20 +3,29 @@ site's recipe with ``controls.sae`` on top (``fit.fit_sae``, as train_sae), expo
 With one site in all: empty outputs, no torch import (as control_base)."""
 import os
 
-import torch
-
-from sae_pipeline import base
-from sae_pipeline.activations import load_acts
 from sae_pipeline.config import load_all, read_params, site_sae
-from sae_pipeline.controls import KINDS
-from sae_pipeline.export import export
-from sae_pipeline.fit import fit_sae
-from sae_pipeline.io import atomic_dir, load_npz, load_torch, save_json
-from sae_pipeline.runtime import run_stage, setup_torch
+from sae_pipeline.io import atomic_dir, save_json
+from sae_pipeline.runtime import run_stage
 
 
 def main(args):
     cfg = load_all(read_params(args.params))
+    if len(cfg["sites"]) < 2:
+        with atomic_dir(args.out):
+            pass
+        save_json(args.metrics, {"seed": cfg["controls"].seed, "skipped": "one site: no pair to compare"})
+        print(f"{args.site}: one site, no pair to compare: no control SAEs")
+        return
+    import torch
+
+    from sae_pipeline import base
+    from sae_pipeline.activations import load_acts
+    from sae_pipeline.controls import KINDS
+    from sae_pipeline.export import export
+    from sae_pipeline.fit import fit_sae
+    from sae_pipeline.io import load_npz, load_torch
+    from sae_pipeline.runtime import setup_torch
+
     device = setup_torch(cfg["run"].device)
     site_cfg = cfg["sites"][args.site]
     card = base.load_card(args.base_card)

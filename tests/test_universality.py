@@ -84,8 +84,9 @@ def test_geometry_nulls_equal_recomputing_each_shuffle():
 
 
 def test_one_site_writes_empty_outputs_without_loading_anything(tmp_path):
-    """A one-model configuration (e.g. `make repro` of the MLP alone) has no pair: the universality and shared
-    dictionary stages write empty outputs at once and read none of their inputs (which may not exist)."""
+    """A one-model configuration (e.g. `make repro` of the MLP alone) has no pair: the universality, shared
+    dictionary and control stages write empty outputs at once and read none of their inputs (which may not
+    exist)."""
     import subprocess
     import sys
 
@@ -96,26 +97,30 @@ def test_one_site_writes_empty_outputs_without_loading_anything(tmp_path):
     params["models"] = {"mlp": params["models"]["mlp"]}
     params["sites"] = {"mlp-hidden": params["sites"]["mlp-hidden"]}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    out = tmp_path / "out"
-    args = [*(a for k in ("acts", "sae", "analysis", "controls", "control-sae", "data")
-             for a in (f"--{k}", str(tmp_path / "none"))),
-            "--metrics", str(out / "m.json"), "--pairs", str(out / "p.csv"), "--plots", str(out / "plots"),
-            "--dashboards", str(out / "dashboard")]
-    proc = subprocess.run([sys.executable, str(root / "stages/universality.py"), "--params",
-                           str(tmp_path / "params.yaml"), *args], capture_output=True, text=True,
-                          env={"PYTHONPATH": str(root / "src"), "PATH": "/usr/bin:/bin"})
-    assert proc.returncode == 0, proc.stderr
+    out, none = tmp_path / "out", str(tmp_path / "none")
+
+    def stage(name, *args):
+        proc = subprocess.run([sys.executable, str(root / f"stages/{name}.py"), "--params",
+                               str(tmp_path / "params.yaml"), *args], capture_output=True, text=True,
+                              env={"PYTHONPATH": str(root / "src"), "PATH": "/usr/bin:/bin"})
+        assert proc.returncode == 0, proc.stderr
+
+    stage("universality", *(a for k in ("acts", "sae", "analysis", "controls", "control-sae", "data")
+                            for a in (f"--{k}", none)),
+          "--metrics", str(out / "m.json"), "--pairs", str(out / "p.csv"), "--plots", str(out / "plots"),
+          "--dashboards", str(out / "dashboard"))
     assert json.loads((out / "m.json").read_text()) == {"split": "test", "pairs": {}}
     assert (out / "p.csv").read_text().startswith("site_a,") and (out / "plots/best_partner.csv").exists()
     assert 'href="../dashboard/mlp-hidden/index.html' not in (out / "plots/index.html").read_text()  # no latents
-    args = [*(a for k in ("acts", "models", "data") for a in (f"--{k}", str(tmp_path / "none"))),
-            "--model", str(out / "shared"), "--latents", str(out / "l.csv"), "--metrics", str(out / "s.json"),
-            "--plots", str(out / "shared_plots")]
-    proc = subprocess.run([sys.executable, str(root / "stages/shared_dictionary.py"), "--params",
-                           str(tmp_path / "params.yaml"), *args], capture_output=True, text=True,
-                          env={"PYTHONPATH": str(root / "src"), "PATH": "/usr/bin:/bin"})
-    assert proc.returncode == 0, proc.stderr
+    stage("shared_dictionary", "--acts", none, "--models", none, "--data", none, "--model", str(out / "shared"),
+          "--latents", str(out / "l.csv"), "--metrics", str(out / "s.json"), "--plots", str(out / "shared_plots"))
     assert "skipped" in json.loads((out / "s.json").read_text()) and (out / "shared").is_dir()
+    # the floor and ceiling models and their SAEs: nothing to compare them with either
+    stage("control_base", "--name", "mlp", "--data", none, "--card", none, "--out", str(out / "cb"),
+          "--metrics", str(out / "cb.json"))
+    stage("control_sae", "--site", "mlp-hidden", "--controls", none, "--base-card", none, "--data", none,
+          "--out", str(out / "cs"), "--metrics", str(out / "cs.json"))
+    assert all("skipped" in json.loads((out / f).read_text()) for f in ("cb.json", "cs.json"))
 
 
 def test_families_join_mutual_partners_and_the_page_links_every_card():
