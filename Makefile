@@ -38,7 +38,7 @@ bench: install
 
 # Always shown, even when nothing differs (e.g. a fresh clone with no experiments yet): the knobs users turn and
 # the headline metrics.
-EXP_KEEP := ^(sae\.(arch|recipe|target_actives|tau)|sites\..*\.sae\..*)$$|^(.*:)?(test_acc|achieved_actives_test|fvu|kl_logits|delta_acc_jumprelu|dead_frac|dense_frac|sae\.purity_mean|sae\.n_high_purity)$$
+EXP_KEEP := ^(sae\.(arch|recipe|target_actives|tau)|sites\..*\.sae\..*)$$|^(.*:)?(test_acc|achieved_actives_test|fvu|kl_logits|delta_acc_jumprelu|dead_frac|dense_frac|sae\.purity_mean|sae\.n_high_purity)$$|^(.*:)?(pairs\..*\.universality_score\.sae_hungarian_mean\.U|cross_fvu_offdiag_mean)$$
 
 exps: install
 	dvc exp show --only-changed --keep '$(EXP_KEEP)' --drop '$(EXP_DROP)'
