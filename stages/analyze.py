@@ -1,5 +1,9 @@
 """Stage analyze (one per site): every latent of the exported SAE (evidence, hypothesis, causal effects), the SAE-dependent
 interpretability metrics next to the baselines, the 50-feature report and the feature browser (test split)."""
+from sae_pipeline.forkserver import handoff
+
+handoff()  # the rest runs in a fork of a process that has imported torch (sae_pipeline/forkserver.py)
+
 import os
 
 import torch

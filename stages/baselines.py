@@ -1,5 +1,9 @@
 """Stage baselines: the interpretability metrics of what the SAE is compared against that does not depend on the
 SAE (the site's own units, PCA, the dense probe). One per site; SAE experiments reuse it."""
+from sae_pipeline.forkserver import handoff
+
+handoff()  # the rest runs in a fork of a process that has imported torch (sae_pipeline/forkserver.py)
+
 from sae_pipeline.analysis.run import baseline_families
 from sae_pipeline.analysis.units import split_tensors
 from sae_pipeline.config import load_all, read_params

@@ -4,6 +4,7 @@ in all there is nothing to compare: empty outputs, no torch import."""
 import os
 
 from sae_pipeline.config import load_all, read_params
+from sae_pipeline.forkserver import handoff
 from sae_pipeline.io import atomic_dir, save_json
 from sae_pipeline.runtime import run_stage
 
@@ -16,6 +17,7 @@ def main(args):
         save_json(args.metrics, {"seed": cfg["controls"].seed, "skipped": "one site: no pair to compare"})
         print(f"{args.name}: one site, no pair to compare: no control models")
         return
+    handoff()  # from here on in a fork of a process that has imported torch (sae_pipeline/forkserver.py)
     from sae_pipeline import base
     from sae_pipeline.controls import control_base
     from sae_pipeline.io import load_npz, save_npz, save_torch

@@ -4,6 +4,7 @@ With one site in all: empty outputs, no torch import (as control_base)."""
 import os
 
 from sae_pipeline.config import load_all, read_params, site_sae
+from sae_pipeline.forkserver import handoff
 from sae_pipeline.io import atomic_dir, save_json
 from sae_pipeline.runtime import run_stage
 
@@ -16,6 +17,7 @@ def main(args):
         save_json(args.metrics, {"seed": cfg["controls"].seed, "skipped": "one site: no pair to compare"})
         print(f"{args.site}: one site, no pair to compare: no control SAEs")
         return
+    handoff()  # from here on in a fork of a process that has imported torch (sae_pipeline/forkserver.py)
     import torch
 
     from sae_pipeline import base

@@ -5,6 +5,7 @@ torch import."""
 import os
 
 from sae_pipeline.config import load_all, read_params
+from sae_pipeline.forkserver import handoff
 from sae_pipeline.io import atomic_dir, save_csv, save_json
 from sae_pipeline.runtime import run_stage
 
@@ -24,6 +25,7 @@ def main(args):
             save_csv(tmp / "firing_entropy.csv", [], ENTROPY_COLUMNS)
         print("one site: no shared dictionary")
         return
+    handoff()  # from here on in a fork of a process that has imported torch (sae_pipeline/forkserver.py)
     import torch
 
     from sae_pipeline import base, shared

@@ -1,5 +1,9 @@
 """Stage train_base (one per model): the classifier, its model card, metrics and plots, and its activations at
 every site on every split (one pass of inference: a stage of its own would cost more in start-up than it does)."""
+from sae_pipeline.forkserver import handoff
+
+handoff()  # the rest runs in a fork of a process that has imported torch (sae_pipeline/forkserver.py)
+
 import torch
 
 from sae_pipeline import activations, base

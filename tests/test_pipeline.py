@@ -153,9 +153,12 @@ def test_stage_deps_list_exactly_the_library_files_used():
 
 
 def test_two_cold_runs_are_byte_identical(tiny):
+    """The shared build ran its stages in forks of the fork server (sae_pipeline/forkserver.py); this one runs
+    every stage in a process of its own: every output the same, byte for byte."""
     dest, env = tiny
     before = {str(p): p.read_bytes() for p in (dest / "metrics").rglob("*.json")}
     lock = (dest / "dvc.lock").read_text()
+    env = {**env, "SAE_PIPELINE_FORKSERVER": "0"}
     assert sorted(reran(run(["dvc", "repro", "-f"], dest, env))) == sorted(STAGES)
     after = {str(p): p.read_bytes() for p in (dest / "metrics").rglob("*.json")}
     assert before == after

@@ -1,0 +1,89 @@
+"""The stages' fork server (sae_pipeline/forkserver.py), run for real: a script that hands off runs in a fork that
+already has torch imported, with the script's own argv, directory, environment and standard streams, and its
+process exits with the fork's status; killing that process kills the fork, and SIGTERM reaches it. (That a whole
+`dvc repro` gives the same bytes with and without the server: tests/test_pipeline.py.)"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from conftest import ROOT
+
+PROBE = '''
+import json, os, sys, time
+from sae_pipeline.forkserver import handoff
+handoff()
+mode = sys.argv[1]
+if mode == "report":
+    print(json.dumps({"torch_loaded": "torch" in sys.modules, "pid": os.getpid(), "argv": sys.argv[1:],
+                      "cwd": os.getcwd(), "probe": os.environ.get("PROBE")}), flush=True)
+    print("to stderr", file=sys.stderr)
+    sys.exit(3)
+if mode == "raise":
+    raise ValueError("boom")
+if mode == "sleep":
+    open(sys.argv[2], "w").write(str(os.getpid()))
+    time.sleep(120)
+'''
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A folder laid out like the project (src/, stages/), with the probe as a stage script."""
+    shutil.copytree(ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages/probe.py").write_text(PROBE)
+    env = {**os.environ, "PYTHONPATH": "src", "PROBE": "from-the-stage"}
+    env.pop("SAE_PIPELINE_FORKSERVER", None)
+    return tmp_path, env
+
+
+def probe(project, *args, env=None, **kw):
+    cwd, base = project
+    return subprocess.Popen([sys.executable, "stages/probe.py", *args], cwd=cwd, env=env or base,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.mark.parametrize("server", [True, False])
+def test_a_handed_off_script_runs_in_a_fork_with_its_own_argv_cwd_env_streams_and_status(project, server):
+    cwd, env = project
+    if not server:
+        env = {**env, "SAE_PIPELINE_FORKSERVER": "0"}
+    proc = probe(project, "report", "x y", env=env)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err
+    got = json.loads(out)
+    assert got["argv"] == ["report", "x y"] and got["cwd"] == str(cwd) and got["probe"] == "from-the-stage"
+    assert err.strip() == "to stderr"
+    # in a fork of the server: torch was in memory before the script imported anything, another process
+    assert got["torch_loaded"] is server and (got["pid"] != proc.pid) is server
+
+
+def test_a_traceback_reaches_the_stage_s_stderr_and_fails_it(project):
+    proc = probe(project, "raise")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "ValueError: boom" in err and "Traceback" in err, err
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_stopping_the_stage_s_process_stops_the_fork(project, tmp_path, how):
+    pidfile = tmp_path / "fork.pid"
+    proc = probe(project, "sleep", str(pidfile))
+    deadline = time.time() + 60
+    while not (pidfile.exists() and pidfile.read_text()) and time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    fork = psutil.Process(int(pidfile.read_text()))
+    assert fork.pid != proc.pid
+    proc.send_signal(getattr(signal, how))  # this test's own process; the fork must follow by itself
+    proc.wait(timeout=30)
+    if how == "SIGTERM":  # forwarded to the fork, whose death by SIGTERM is the stage's status
+        assert proc.returncode == 128 + signal.SIGTERM, proc.communicate()
+    gone, alive = psutil.wait_procs([fork], timeout=10)
+    assert not alive, "the fork outlived its stage's process"
