@@ -17,6 +17,7 @@ import itertools
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 TARGETS = (5, 10, 20, 40)
@@ -25,7 +26,9 @@ ARCHS = ("jumprelu", "topk", "relu_l1")
 
 def sh(*cmd, check=True, env=None):
     print("+", " ".join(cmd), flush=True)
+    t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    print(f"  ({time.time() - t0:.1f} s)", flush=True)
     if check and proc.returncode != 0:
         sys.exit(f"`{' '.join(cmd)}` failed:\n{(proc.stderr or proc.stdout).strip()[-2000:]}")
     return proc
@@ -45,24 +48,41 @@ def grid(archs, targets, part: str | None) -> list[tuple[str, int]]:
 def run_queue(site: str, pairs, jobs: int, extra: list[str]) -> list[str]:
     names = [f"sweep-{site}-{arch}-{t}" for arch, t in pairs]
     sh("dvc", "exp", "remove", *names, check=False)  # a rerun on the same commit replaces its own results
-    for (arch, t), name in zip(pairs, names):
+
+    def sets(arch, t):
         # `++`: set the key whether or not the site already has an sae override (Hydra's override grammar)
-        sh("dvc", "exp", "run", "--queue", "-n", name, "-S", f"++sites.{site}.sae.arch={arch}",
-           "-S", f"++sites.{site}.sae.target_actives={t}", *[a for kv in extra for a in ("-S", kv)])
+        return ["-S", f"++sites.{site}.sae.arch={arch}", "-S", f"++sites.{site}.sae.target_actives={t}",
+                *[a for kv in extra for a in ("-S", kv)]]
+
+    if jobs == 1:
+        # One at a time needs no queue: `--temp` runs each experiment in its own copy of the repo, as a queued one
+        # would, but in this process, without starting a Celery worker and waiting for it to go idle (~10 s).
+        for (arch, t), name in zip(pairs, names):
+            sh("dvc", "exp", "run", "--temp", "-n", name, *sets(arch, t))
+        return names
+    for (arch, t), name in zip(pairs, names):
+        sh("dvc", "exp", "run", "--queue", "-n", name, *sets(arch, t))
     # one torch thread per worker: two workers with two threads each on two cores thrash (seen: 10x slower)
     threads = str(max(1, (os.cpu_count() or 1) // jobs))
-    sh("dvc", "queue", "start", "-j", str(jobs),
-       env={**os.environ, "SAE_PIPELINE_THREADS": threads, "OMP_NUM_THREADS": threads})
+    print("+ dvc queue start -j", jobs, flush=True)
+    # The workers stay in the background after `queue start` returns: its output goes to a file, because a pipe
+    # would be held open by them and make this wait until the last one exits (~10 s after the queue drains).
+    with tempfile.TemporaryFile("w+") as log:
+        if subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], stdout=log, stderr=subprocess.STDOUT,
+                          env={**os.environ, "SAE_PIPELINE_THREADS": threads, "OMP_NUM_THREADS": threads}).returncode:
+            log.seek(0)
+            sys.exit(f"`dvc queue start` failed:\n{log.read()[-2000:]}")
     t0 = time.time()
     while True:
         status = sh("dvc", "queue", "status").stdout
-        queued = [ln for ln in status.splitlines() if " Queued " in ln]
-        # A task killed earlier can stay 'Running' in the status for good (seen with DVC 3.67), so the
-        # workers' own line decides when the queue is drained.
-        if not queued and "Worker status: 0 active" in status:
+        # Done when each of this sweep's experiments has finished, by its own line (a task killed earlier can stay
+        # 'Running' in the status for good, seen with DVC 3.67, so the queue as a whole is not waited for).
+        done = {n for ln in status.splitlines() for n in names
+                if n in ln.split() and ("Success" in ln.split() or "Failed" in ln.split())}
+        if done == set(names):
             break
-        print(f"{time.time() - t0:5.0f}s: {len(queued)} queued", flush=True)
-        time.sleep(5)
+        print(f"{time.time() - t0:5.0f}s: {len(names) - len(done)} of {len(names)} not finished", flush=True)
+        time.sleep(1)
     print(status)
     failed = [ln for ln in status.splitlines() if " Failed " in ln and any(n in ln for n in names)]
     if failed:

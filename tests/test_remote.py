@@ -174,13 +174,16 @@ def test_sweep_split_across_two_machines_and_collected_on_a_third(tiny, sshd, tm
     run(["git", "push", "-q", str(origin), "HEAD:refs/heads/main"], a, env)
     # one experiment a machine: what is tested is the split, the push and the collection, not the grid's size
     sweep = [sys.executable, str(ROOT / "bench/sweep.py"), "--site", "vit-block1", "--archs", "jumprelu", "topk",
-             "--targets", "4", "--jobs", "1"]
+             "--targets", "4"]
     names = set()
-    for part in ("1/2", "2/2"):
+    # machine 1 runs its experiment through DVC's queue (a Celery worker, as `make sweep` does by default), machine
+    # 2 with --jobs 1, which runs it in a temp copy in the foreground (`dvc exp run --temp`): both paths tested
+    for part, jobs in (("1/2", "2"), ("2/2", "1")):
         m = clone(origin, tmp_path / f"machine{part[0]}", env)
         env_m = with_remote(m, env, sshd, tmp_path / "remote")
         run(REMOTE + ["pull"], m, env_m)
-        out = run(sweep + ["--part", part, "--push", "origin"], m, env_m, timeout=900).stdout
+        out = run(sweep + ["--part", part, "--jobs", jobs, "--push", "origin"], m, env_m, timeout=900).stdout
+        assert ("dvc queue start" in out) is (jobs == "2") and ("--temp" in out) is (jobs == "1"), out
         names |= set(re.search(r"pushed 1 experiments to origin: (.+)", out).group(1).split())
     assert names == {"sweep-vit-block1-jumprelu-4", "sweep-vit-block1-topk-4"}
     c = clone(origin, tmp_path / "collector", env)
