@@ -362,7 +362,10 @@ def test_sigkill_mid_training_leaves_no_partial_output(tiny):
     set_params(dest / "params.yaml", {"sae": {"epochs": 20000}})
     proc = subprocess.Popen(["dvc", "repro", "-s", "-f", "train_sae@mlp-hidden"], cwd=dest, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    time.sleep(8)  # DVC start-up, the stage's imports, then ~100,000 training steps: this lands mid-training
+    for line in proc.stdout:  # DVC's start-up
+        if b"Running stage 'train_sae@mlp-hidden'" in line:
+            break
+    time.sleep(3)  # the stage's imports and data, then ~100,000 training steps: this lands mid-training
     assert proc.poll() is None, proc.stdout.read()
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()

@@ -133,6 +133,23 @@ def test_remote_failures_are_one_line_and_a_retry_completes(tiny, sshd, tmp_path
     run(REMOTE + ["pull"], b, env_b)
     assert snapshot(b) == snapshot(a)
 
+    # a file that came down cut short and was filed in the cache under the whole file's hash (seen once here
+    # after the interrupted pull above: an empty saelens/cfg.json that the rerun trusted): the pull hashes what it
+    # checked out, removes the file and its cache object and says to rerun; the rerun fetches it whole
+    # (the remote's copy is truncated for one transfer: what arrives is what a cut-off read leaves)
+    rel = "data/sae/mlp-hidden/saelens/cfg.json"
+    md5 = __import__("hashlib").md5((a / rel).read_bytes()).hexdigest()
+    obj, remote_obj = (root / "files/md5" / md5[:2] / md5[2:] for root in (b / ".dvc/cache", tmp_path / "remote"))
+    obj.unlink()
+    (b / rel).unlink()
+    whole = remote_obj.read_bytes()
+    remote_obj.write_bytes(whole[: len(whole) // 2])
+    line = fails(["pull"], b, env_b, "came down cut short")
+    assert rel in line and not (b / rel).exists() and not obj.exists(), line
+    remote_obj.write_bytes(whole)
+    run(REMOTE + ["pull"], b, env_b)
+    assert snapshot(b) == snapshot(a)
+
     # a wrong key
     run(["dvc", "remote", "modify", "--local", "storage", "keyfile", str(sshd.wrong_keyfile)], b, env_b)
     fails(["pull"], b, env_b, "the server refused the login")
