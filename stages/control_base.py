@@ -6,16 +6,12 @@ import os
 from sae_pipeline.config import load_all, read_params
 from sae_pipeline.forkserver import handoff
 from sae_pipeline.io import atomic_dir, save_json
-from sae_pipeline.runtime import run_stage
+from sae_pipeline.runtime import no_pair_to_compare, run_stage
 
 
 def main(args):
     cfg = load_all(read_params(args.params))
-    if len(cfg["sites"]) < 2:
-        with atomic_dir(args.out):
-            pass
-        save_json(args.metrics, {"seed": cfg["controls"].seed, "skipped": "one site: no pair to compare"})
-        print(f"{args.name}: one site, no pair to compare: no control models")
+    if no_pair_to_compare(cfg, args.out, args.metrics, args.name):
         return
     handoff()  # from here on in a fork of a process that has imported torch (sae_pipeline/forkserver.py)
     from sae_pipeline import base

@@ -49,6 +49,20 @@ def generator(seed: int, offset: int = 0) -> "torch.Generator":
     return torch.Generator().manual_seed(seed * 1_000_003 + offset)
 
 
+def no_pair_to_compare(cfg: dict, out_dir: str, metrics: str, what: str) -> bool:
+    """The control stages with one site in all: nothing to compare, so an empty output folder and a metrics file
+    that says why, without importing torch. True when it wrote them."""
+    from .io import atomic_dir, save_json
+
+    if len(cfg["sites"]) >= 2:
+        return False
+    with atomic_dir(out_dir):
+        pass
+    save_json(metrics, {"seed": cfg["controls"].seed, "skipped": "one site: no pair to compare"})
+    print(f"{what}: one site, no pair to compare: nothing written")
+    return True
+
+
 class StageError(RuntimeError):
     """A failure with a message for the user (what failed and what to do); exits non-zero without a traceback."""
 
