@@ -74,16 +74,6 @@ def run_cache_objects(repo) -> set:
     return {obj for objs in repo.stage_cache.get_used_objs(entries).values() for obj in objs}
 
 
-def _md5(path: str) -> str:
-    import hashlib
-
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def remove_cut_short() -> list[str]:
     """Workspace outputs whose bytes do not hash to what dvc.lock names, removed with their cache objects.
 
@@ -96,6 +86,7 @@ def remove_cut_short() -> list[str]:
     import os
 
     from dvc.repo import Repo
+    from dvc_data.hashfile.hash import file_md5  # DVC's own hash of a file: what dvc.lock names
 
     bad = []
     with Repo() as repo:
@@ -107,11 +98,11 @@ def remove_cut_short() -> list[str]:
                 files = [] if tree is None else [(os.path.join(out.fs_path, *key), hi.value) for key, _, hi in tree]
             else:
                 files = [(out.fs_path, out.hash_info.value)]
-            bad += [(path, md5) for path, md5 in files if os.path.isfile(path) and _md5(path) != md5]
+            bad += [(path, md5) for path, md5 in files if os.path.isfile(path) and file_md5(path) != md5]
         for path, md5 in bad:
             os.unlink(path)
             obj = repo.cache.local.oid_to_path(md5)
-            if os.path.isfile(obj) and _md5(obj) != md5:
+            if os.path.isfile(obj) and file_md5(obj) != md5:
                 os.unlink(obj)
     return [os.path.relpath(path) for path, _ in bad]
 
