@@ -1,10 +1,11 @@
 """Plain JumpReLU against Matryoshka options at one site, over seeds: fidelity and whole-detector measures side by
 side, chosen on val, reported on test (the "whole detectors" table of docs/whole_detectors.md).
 
-    python bench/whole_detectors.py --site mlp-hidden --seeds 0 1 2 --prefixes none 16,64,256 32,128 --out F
+    python bench/whole_detectors.py --site mlp-hidden --seeds 0 1 2 --prefixes none 16,64,256 16,64,256/0.25 --out F
 
-Each run is the train_sae stage's own ``fit_sae`` on the site's activations (params.yaml's sae section, with
-``sae.matryoshka`` set), then on val and test: the spliced FVU/KL/Δacc, dead and dense shares, sparse probing at
+Each option is ``none`` (the plain SAE) or prefix sizes, optionally ``/w`` for ``sae.matryoshka_weight`` (each proper
+prefix's loss weight against the whole dictionary's; 1 when left out). Each run is the train_sae stage's own
+``fit_sae`` on the site's activations (params.yaml's sae section, with ``sae.matryoshka`` and its weight set), then on val and test: the spliced FVU/KL/Δacc, dead and dense shares, sparse probing at
 k = 1/2/5/10 (``family_metrics``, the analyze stage's code) and splitting/absorption (``absorption_metrics``, with
 the dense probe the baselines stage fits); neurons and PCA probed the same way for reference.
 """
@@ -53,13 +54,20 @@ def sae_on_raw(sae, shift, scale) -> SAE:
     return raw.eval()
 
 
-def run(inp, params, prefixes, seed, h, y, dirs):
+def parse_option(opt: str) -> tuple[list[int], float]:
+    """``none`` -> ([], 1.0); ``16,64,256/0.25`` -> ([16, 64, 256], 0.25)."""
+    sizes, _, weight = opt.partition("/")
+    return ([] if sizes == "none" else [int(v) for v in sizes.split(",")]), float(weight or 1.0)
+
+
+def run(inp, params, opt, seed, h, y, dirs):
     t0 = time.perf_counter()
-    cfg = inp.sae_cfg.__class__(**{**inp.sae_cfg.__dict__, "matryoshka": prefixes})
+    prefixes, weight = parse_option(opt)
+    cfg = inp.sae_cfg.__class__(**{**inp.sae_cfg.__dict__, "matryoshka": prefixes, "matryoshka_weight": weight})
     res = fit_sae(cfg, inp.acts, inp.site, inp.x, y["test"], seed)
     raw = sae_on_raw(res.sae, inp.acts.shift, inp.acts.scale)  # the exported SAE: works on raw activations
     f = {s: encode_chunks(raw, h[s]) for s in ("train", "val", "test")}
-    row = {"prefixes": prefixes, "seed": seed, "lambda": res.calibration["lambda"],
+    row = {"option": opt, "prefixes": prefixes, "weight": weight, "seed": seed, "lambda": res.calibration["lambda"],
            "dead": res.summary["dead_frac"], "dense": res.summary["dense_frac"]}
     ctx = {s: inp.site.collect(inp.x[s])[1] for s in ("val", "test")}
     a = params["analysis"]
@@ -78,7 +86,7 @@ def main():
     p.add_argument("--site", default="mlp-hidden")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--prefixes", nargs="+", default=["none", "16,64,256"],
-                   help="one Matryoshka option each: comma-separated prefix sizes, or none (plain)")
+                   help="one option each: none (plain), or comma-separated prefix sizes with an optional /weight")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     params = read_params("params.yaml")
@@ -95,13 +103,12 @@ def main():
                                      a["high_purity"]) for split in ("val", "test")}
     rows = []
     for opt in args.prefixes:
-        prefixes = [] if opt == "none" else [int(v) for v in opt.split(",")]
         for seed in args.seeds:
-            rows.append(run(inp, params, prefixes, seed, h, y, dirs))
+            rows.append(run(inp, params, opt, seed, h, y, dirs))
             print(json.dumps(rows[-1]), flush=True)
     mean = {}
     for opt in args.prefixes:
-        mine = [r for r in rows if r["prefixes"] == ([] if opt == "none" else [int(v) for v in opt.split(",")])]
+        mine = [r for r in rows if r["option"] == opt]
         mean[opt] = {split: {k: round(statistics.mean(r[split][k] for r in mine), 5) for k in mine[0][split]}
                      for split in ("val", "test")}
         mean[opt]["dead"] = round(statistics.mean(r["dead"] for r in mine), 5)

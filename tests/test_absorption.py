@@ -95,6 +95,12 @@ def test_matryoshka_prefixes_are_validated(value):
         SAEConfig(latents=512, matryoshka=value)
 
 
+@pytest.mark.parametrize("value", [0, -1.0, True, "1"])
+def test_matryoshka_weight_is_validated(value):
+    with pytest.raises(ConfigError, match="sae.matryoshka_weight must be a number"):
+        SAEConfig(latents=512, matryoshka=[32], matryoshka_weight=value)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_trained_plain_sae_spreads_the_parent_over_its_children_and_matryoshka_gathers_it(seed):
     """Trained on a hierarchy of four equal children, a plain SAE keeps a latent that fires on the whole parent

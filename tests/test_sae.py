@@ -148,10 +148,12 @@ def test_fused_jumprelu_step_gradients_equal_autograd(kl_coef, preact):
         assert p.grad.abs().sum() > 0, n  # every parameter, θ included, gets a non-trivial gradient here
 
 
-@pytest.mark.parametrize("prefixes,kl_coef", [((8,), 0.0), ((4, 20), 3.0), ((), 0.0)])
-def test_matryoshka_step_gradients_equal_autograd_of_the_nested_loss(prefixes, kl_coef):
+@pytest.mark.parametrize("prefixes,kl_coef,weight", [((8,), 0.0, 1.0), ((4, 20), 3.0, 1.0), ((4, 20), 3.0, 0.25),
+                                                     ((), 0.0, 1.0)])
+def test_matryoshka_step_gradients_equal_autograd_of_the_nested_loss(prefixes, kl_coef, weight):
     """The JumpReLU step with nested prefixes (block-wise suffix sums of the residual gradients) against autograd
-    through ``nested_mse``, which writes the Matryoshka loss out prefix by prefix; ``()`` is the plain SAE."""
+    through ``nested_mse``, which writes the Matryoshka loss out prefix by prefix (checked here against the loss
+    written out by hand, weights included); ``()`` is the plain SAE."""
     g = torch.Generator().manual_seed(5)
     sae = SAE(16, 48, "jumprelu", bandwidth=0.5, generator=g).double()
     with torch.no_grad():
@@ -161,13 +163,17 @@ def test_matryoshka_step_gradients_equal_autograd_of_the_nested_loss(prefixes, k
     kl = (Readout.from_linear(*_readout(16, g)), kl_coef, None) if kl_coef else None
     pre = sae.pre_acts(x)
     f, h = sae.activate_l0(pre)
-    mse, x_hat = nested_mse(sae, f, x, prefixes)
+    mse, x_hat = nested_mse(sae, f, x, prefixes, weight)
+    edges = [*prefixes, 48]
+    by_hand = [weight] * len(prefixes) + [1.0]  # each proper prefix's weight, then the whole dictionary's
+    parts = [(f[:, :m] @ sae.W_dec[:m] + sae.b_dec - x).pow(2).sum(-1).mean() for m in edges]
+    assert torch.allclose(mse, sum(w * p for w, p in zip(by_hand, parts)) / sum(by_hand))
     loss = mse + 0.3 * h.sum(-1).mean() + (kl_coef * kl[0].kl(x, x_hat) if kl else 0.0)
     loss.backward()
     ref = {n: p.grad.clone() for n, p in sae.named_parameters()}
     for p in sae.parameters():
         p.grad = None
-    _, x_hat2 = jumprelu_grads(sae, x, 0.3, kl, None, prefixes)
+    _, x_hat2 = jumprelu_grads(sae, x, 0.3, kl, None, prefixes, weight)
     assert torch.allclose(x_hat2, sae(x).detach())  # the last prefix is the whole dictionary
     for n, p in sae.named_parameters():
         assert torch.allclose(p.grad, ref[n], atol=1e-12), n

@@ -295,6 +295,10 @@ class SAEConfig(Section):
     # Matryoshka SAE (Bussmann et al. 2025): the sizes of the nested prefixes of the dictionary that must each
     # reconstruct the input on their own (the whole dictionary is always the last); [] = a plain SAE
     matryoshka: list = field(default_factory=list)
+    # the weight of each proper prefix's reconstruction loss relative to the whole dictionary's (the losses are
+    # averaged with these weights): 1 = Bussmann et al.'s equal weights; below 1 trades the prefixes' coarse
+    # latents for the whole dictionary's fidelity (docs/whole_detectors.md measures the trade-off)
+    matryoshka_weight: float = 1.0
 
     def validate(self) -> None:
         self.check("arch", self.arch in ARCHS, "one of " + ", ".join(ARCHS))
@@ -303,6 +307,7 @@ class SAEConfig(Section):
             0 < a < b for a, b in zip(m, m[1:] + [self.latents]))
         self.check("matryoshka", ok, f"a list of increasing prefix sizes between 0 and sae.latents ({self.latents}), "
                                      "or [] (a plain SAE)")
+        self.check("matryoshka_weight", self.matryoshka_weight > 0, "a number > 0")
         self.check("recipe", self.recipe in RECIPES, "one of " + ", ".join(RECIPES))
         self.check("target_actives", self.target_actives > 0, "> 0")
         if self.latents <= self.target_actives:

@@ -220,10 +220,10 @@ def run_phase(sae: SAE, x: torch.Tensor, phase: Phase, cfg: SAEConfig, gen: torc
         lam = phase.lam * min(1.0, (s + 1) / warm_steps) if phase.lam_warmup else phase.lam
         if phase.activation == "jumprelu":
             preact = (phase.preact_coef, since_fired > cfg.revive_after) if phase.preact_coef else None
-            f, x_hat = jumprelu_grads(sae, xb, lam, kl, preact, cfg.matryoshka)
+            f, x_hat = jumprelu_grads(sae, xb, lam, kl, preact, cfg.matryoshka, cfg.matryoshka_weight)
         else:
             f, x_hat = autograd_grads(sae, xb, lam, cfg.aux_k_coef if use_aux else 0.0,
-                                      since_fired > cfg.dead_steps, kl, cfg.matryoshka)
+                                      since_fired > cfg.dead_steps, kl, cfg.matryoshka, cfg.matryoshka_weight)
         if log_t is not None:  # d/d log θ = θ · d/dθ
             log_t.grad = sae.threshold.grad * sae.threshold.detach()
             sae.threshold.grad = None
@@ -276,29 +276,40 @@ def nested_bounds(d_sae: int, prefixes: list[int] | tuple[int, ...]) -> list[int
     return [0, *prefixes, d_sae]
 
 
-def nested_mse(sae: SAE, f: torch.Tensor, xb: torch.Tensor, prefixes) -> tuple[torch.Tensor, torch.Tensor]:
+def nested_weights(n_blocks: int, prefix_weight: float) -> list[float]:
+    """The weight of each prefix's loss in the Matryoshka mean: ``prefix_weight`` for every proper prefix, 1 for the
+    whole dictionary, normalised to sum 1 (equal weights, 1/n each, when ``prefix_weight`` is 1)."""
+    ws = [prefix_weight] * (n_blocks - 1) + [1.0]
+    total = sum(ws)
+    return [w / total for w in ws]
+
+
+def nested_mse(sae: SAE, f: torch.Tensor, xb: torch.Tensor, prefixes,
+               prefix_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The reconstruction loss and the full reconstruction. Plain: mean over rows of ||x - x_hat||². Matryoshka
-    (Bussmann et al. 2025, "Learning multi-level features with Matryoshka SAEs"): the mean of that loss over the
-    nested prefixes' reconstructions ``x_hat_k = f[:, :m_k] @ W_dec[:m_k] + b_dec``, the whole dictionary being the
-    last: the first latents must reconstruct on their own, so they learn the coarse, whole features. (A mean, not
-    Bussmann et al.'s sum: the same optimum up to λ's scale, which calibration sets, and λ_init stays right.)"""
+    (Bussmann et al. 2025, "Learning multi-level features with Matryoshka SAEs"): the weighted mean
+    (``nested_weights``) of that loss over the nested prefixes' reconstructions ``x_hat_k = f[:, :m_k] @ W_dec[:m_k]
+    + b_dec``, the whole dictionary being the last: the first latents must reconstruct on their own, so they learn
+    the coarse, whole features. (A mean, not Bussmann et al.'s sum: the same optimum up to λ's scale, which
+    calibration sets, and λ_init stays right.)"""
     bounds = nested_bounds(sae.d_sae, prefixes)
+    ws = nested_weights(len(bounds) - 1, prefix_weight)
     x_hat, total = sae.b_dec, 0.0
-    for a, b in zip(bounds, bounds[1:]):
+    for a, b, w in zip(bounds, bounds[1:], ws):
         x_hat = x_hat + f[:, a:b] @ sae.W_dec[a:b]
-        total = total + (x_hat - xb).pow(2).sum() / len(xb)
-    return total / (len(bounds) - 1), x_hat
+        total = total + w * (x_hat - xb).pow(2).sum() / len(xb)
+    return total, x_hat
 
 
 def autograd_grads(sae: SAE, xb: torch.Tensor, lam: float, aux_coef: float, dead: torch.Tensor,
-                   kl: tuple[Splice | Readout, float, torch.Tensor] | None = None, prefixes=()):
+                   kl: tuple[Splice | Readout, float, torch.Tensor] | None = None, prefixes=(), prefix_weight=1.0):
     """Gradients (into ``.grad``) of reconstruction (``nested_mse``) + sparsity penalty (+ AuxK) through autograd:
     the TopK and ReLU/L1 phases, and the reference the JumpReLU's hand-written gradients are tested against.
     Returns detached ``(f, x_hat)``."""
     pre = sae.pre_acts(xb)
     f, h = sae.activate_l0(pre)
     if prefixes:
-        mse, x_hat = nested_mse(sae, f, xb, prefixes)
+        mse, x_hat = nested_mse(sae, f, xb, prefixes, prefix_weight)
     else:
         x_hat = sae.decode(f)
         mse = F.mse_loss(x_hat, xb, reduction="sum") / len(xb)  # = mean over rows of ||x - x_hat||^2
@@ -314,7 +325,7 @@ def autograd_grads(sae: SAE, xb: torch.Tensor, lam: float, aux_coef: float, dead
 @torch.no_grad()
 def jumprelu_grads(sae: SAE, xb: torch.Tensor, lam: float,
                    kl: tuple[Splice | Readout, float, torch.Tensor] | None = None,
-                   preact: tuple[float, torch.Tensor] | None = None, prefixes=()):
+                   preact: tuple[float, torch.Tensor] | None = None, prefixes=(), prefix_weight=1.0):
     """Gradients (into ``.grad``) of the JumpReLU loss ||x - x_hat||^2 + λ·Σ_i H(pre_i - θ_i) (batch means;
     paper eq. 9), plus ``coef·KL(base || spliced)`` when ``kl = (splice, coef, rows)``, plus the pre-activation loss
     ``c·Σ_i relu(θ_i - pre_i)·||W_dec,i||`` over the latents in ``dead`` when ``preact = (c, dead)`` (Anthropic's
@@ -335,9 +346,10 @@ def jumprelu_grads(sae: SAE, xb: torch.Tensor, lam: float,
         bounds = nested_bounds(sae.d_sae, prefixes)
         blocks = list(zip(bounds, bounds[1:]))
         x_hat, grads = sae.b_dec, []
-        for lo, hi in blocks:  # each prefix's reconstruction and its loss gradient, 2(x_hat_k - x) / (B·K)
+        for (lo, hi), w in zip(blocks, nested_weights(len(blocks), prefix_weight)):
+            # each prefix's reconstruction and its loss gradient, 2·w_k·(x_hat_k - x) / B
             x_hat = x_hat + f[:, lo:hi] @ sae.W_dec[lo:hi]
-            grads.append((x_hat - xb).mul_(2.0 / (b * len(blocks))))
+            grads.append((x_hat - xb).mul_(2.0 * w / b))
         if kl:
             grads[-1] += kl[0].kl_grad(xb, x_hat, kl[1], kl[2])
         for j in range(len(grads) - 2, -1, -1):  # suffix sums: block j is in prefixes j, j+1, ...
