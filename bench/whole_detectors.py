@@ -32,6 +32,7 @@ from sae_pipeline.runtime import setup_torch  # noqa: E402
 from sae_pipeline.sae import SAE  # noqa: E402
 
 KS = ("1", "2", "5", "10")
+ARCH = ""  # --arch: the SAE architecture of every run ("" = params.yaml's)
 ABS = ("best_latent_recall_mean", "latents_to_90_mean", "absorption_rate_mean", "absorption_fraction_mean")
 
 
@@ -48,9 +49,10 @@ def measures(units_acts, fires, y, split, dirs, w_dec, h, min_count, high):
 
 
 def sae_on_raw(sae, shift, scale) -> SAE:
-    """The SAE as exported (the normaliser folded in): what the analyze stage measures."""
-    raw = SAE(sae.d_in, sae.d_sae, "jumprelu")
-    raw.load_state_dict(folded_weights(sae, shift, scale))
+    """The SAE as exported (the normaliser folded in): what the analyze stage measures. A TopK SAE stays TopK
+    (its exported weights carry no threshold)."""
+    raw = SAE(sae.d_in, sae.d_sae, "topk" if sae.activation == "topk" else "jumprelu", k=sae.k)
+    raw.load_state_dict({**raw.state_dict(), **folded_weights(sae, shift, scale)})
     return raw.eval()
 
 
@@ -63,7 +65,8 @@ def parse_option(opt: str) -> tuple[list[int], float]:
 def run(inp, params, opt, seed, h, y, dirs):
     t0 = time.perf_counter()
     prefixes, weight = parse_option(opt)
-    cfg = inp.sae_cfg.__class__(**{**inp.sae_cfg.__dict__, "matryoshka": prefixes, "matryoshka_weight": weight})
+    cfg = inp.sae_cfg.__class__(**{**inp.sae_cfg.__dict__, "matryoshka": prefixes, "matryoshka_weight": weight,
+                                   **({"arch": ARCH} if ARCH else {})})
     res = fit_sae(cfg, inp.acts, inp.site, inp.x, y["test"], seed)
     raw = sae_on_raw(res.sae, inp.acts.shift, inp.acts.scale)  # the exported SAE: works on raw activations
     f = {s: encode_chunks(raw, h[s]) for s in ("train", "val", "test")}
@@ -87,8 +90,11 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--prefixes", nargs="+", default=["none", "16,64,256"],
                    help="one option each: none (plain), or comma-separated prefix sizes with an optional /weight")
+    p.add_argument("--arch", default="", help="sae.arch for every run (default: params.yaml's)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
+    global ARCH
+    ARCH = args.arch
     params = read_params("params.yaml")
     setup_torch("cpu")
     inp = site_inputs.load(args.site, params)
@@ -117,7 +123,7 @@ def main():
     print("REF", json.dumps(ref))
     if args.out:
         with open(args.out, "w") as fh:
-            json.dump({"site": args.site, "seeds": args.seeds, "rows": rows, "mean": mean, "baselines": ref}, fh,
+            json.dump({"site": args.site, "arch": args.arch or params["sae"]["arch"], "seeds": args.seeds, "rows": rows, "mean": mean, "baselines": ref}, fh,
                       indent=1)
 
 
