@@ -380,9 +380,10 @@ def test_sigkill_mid_training_leaves_no_partial_output(tiny):
 
 def test_exp_run_metrics_diff_and_plots(tiny, tmp_path):
     dest, env = tiny
-    # the experiment reruns what tau touches, and only that
-    # the experiment reruns what tau touches, and only that: every site's SAE side, nothing upstream
-    ran = reran(run(["dvc", "exp", "run", "-S", "sae.tau=0.05", "-n", "tau005"], dest, env))
+    # the experiment (τ, and a Matryoshka SAE: the nested loss through every stage) reruns what the SAE params
+    # touch, and only that: every site's SAE side, nothing upstream
+    ran = reran(run(["dvc", "exp", "run", "-S", "sae.tau=0.05", "-S", "sae.matryoshka=[8,32]", "-n", "tau005"], dest,
+                    env))
     want = ["check_params", *every("train_sae"), *every("analyze"), *every("control_sae"), "index", "universality"]
     assert sorted(ran) == sorted(want), ran
     show = json.loads(run(["dvc", "exp", "show", "--json"], dest, env).stdout)
@@ -407,7 +408,10 @@ def test_exp_run_metrics_diff_and_plots(tiny, tmp_path):
     assert "ex_" not in page and "feature_0" not in page  # per-latent images stay in the browser, not here
     # `dvc exp apply` brings the experiment's outputs with it: nothing stale, nothing modified
     run(["dvc", "exp", "apply", "tau005"], dest, env)
-    assert json.loads((dest / "metrics/sites/vit-block1/summary.json").read_text())["tau"] == 0.05
+    summary = json.loads((dest / "metrics/sites/vit-block1/summary.json").read_text())
+    assert summary["tau"] == 0.05 and summary["matryoshka"] == "8,32" and summary["matryoshka_weight"] == 1.0
+    cfg = json.loads((dest / "data/sae/vit-block1/saelens/cfg.json").read_text())
+    assert cfg["architecture"] == "jumprelu" and cfg["metadata"]["sae_pipeline"]["matryoshka"] == "8,32"
     assert json.loads(run(["dvc", "status", "--json"], dest, env).stdout) == {}
     latents = json.loads((dest / "data/analysis/vit-block1/latents.json").read_text())["latents"]
     live = sum(r["n_test"] > 0 for r in latents)

@@ -49,5 +49,7 @@ def fit_sae(cfg: SAEConfig, acts: Acts, site: Site, x: dict[str, torch.Tensor], 
     tuning = tune_threshold(sae, acts.val, cfg.target_actives)
     result = summary(sae, acts, site, ctx["test"], y_test, calibration["lambda"], cfg.tau, cfg.arch, cfg.target_actives,
                      tuning["l0_val_after"])
+    if cfg.matryoshka:  # the export says so too (its metadata carries the summary): a user can cut the prefixes
+        result.update({"matryoshka": ",".join(map(str, cfg.matryoshka)), "matryoshka_weight": cfg.matryoshka_weight})
     calibration = {"arch": cfg.arch, "target_actives": cfg.target_actives, **calibration}
     return SAEFit(sae, calibration, history, train_metrics, tuning, result)
