@@ -32,7 +32,6 @@ from sae_pipeline.runtime import setup_torch  # noqa: E402
 from sae_pipeline.sae import SAE  # noqa: E402
 
 KS = ("1", "2", "5", "10")
-ARCH = ""  # --arch: the SAE architecture of every run ("" = params.yaml's)
 ABS = ("best_latent_recall_mean", "latents_to_90_mean", "absorption_rate_mean", "absorption_fraction_mean")
 
 
@@ -62,11 +61,12 @@ def parse_option(opt: str) -> tuple[list[int], float]:
     return ([] if sizes == "none" else [int(v) for v in sizes.split(",")]), float(weight or 1.0)
 
 
-def run(inp, params, opt, seed, h, y, dirs):
+def run(inp, params, opt, seed, h, y, dirs, arch: str = ""):
+    """One SAE (``arch`` over params.yaml's when given) trained and measured on val and test."""
     t0 = time.perf_counter()
     prefixes, weight = parse_option(opt)
     cfg = inp.sae_cfg.__class__(**{**inp.sae_cfg.__dict__, "matryoshka": prefixes, "matryoshka_weight": weight,
-                                   **({"arch": ARCH} if ARCH else {})})
+                                   **({"arch": arch} if arch else {})})
     res = fit_sae(cfg, inp.acts, inp.site, inp.x, y["test"], seed)
     raw = sae_on_raw(res.sae, inp.acts.shift, inp.acts.scale)  # the exported SAE: works on raw activations
     f = {s: encode_chunks(raw, h[s]) for s in ("train", "val", "test")}
@@ -93,8 +93,6 @@ def main():
     p.add_argument("--arch", default="", help="sae.arch for every run (default: params.yaml's)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
-    global ARCH
-    ARCH = args.arch
     params = read_params("params.yaml")
     setup_torch("cpu")
     inp = site_inputs.load(args.site, params)
@@ -110,7 +108,7 @@ def main():
     rows = []
     for opt in args.prefixes:
         for seed in args.seeds:
-            rows.append(run(inp, params, opt, seed, h, y, dirs))
+            rows.append(run(inp, params, opt, seed, h, y, dirs, args.arch))
             print(json.dumps(rows[-1]), flush=True)
     mean = {}
     for opt in args.prefixes:
