@@ -4,10 +4,12 @@ side, chosen on val, reported on test (the "whole detectors" table of docs/whole
     python bench/whole_detectors.py --site mlp-hidden --seeds 0 1 2 --prefixes none 16,64,256 16,64,256/0.25 --out F
 
 Each option is ``none`` (the plain SAE) or prefix sizes, optionally ``/w`` for ``sae.matryoshka_weight`` (each proper
-prefix's loss weight against the whole dictionary's; 1 when left out). Each run is the train_sae stage's own
-``fit_sae`` on the site's activations (params.yaml's sae section, with ``sae.matryoshka`` and its weight set), then on val and test: the spliced FVU/KL/Δacc, dead and dense shares, sparse probing at
-k = 1/2/5/10 (``family_metrics``, the analyze stage's code) and splitting/absorption (``absorption_metrics``, with
-the dense probe the baselines stage fits); neurons and PCA probed the same way for reference.
+prefix's loss weight against the whole dictionary's; 1 when left out); ``--arch topk`` runs them as TopK SAEs. Each
+run is the train_sae stage's own ``fit_sae`` on the site's activations (params.yaml's sae section, with
+``sae.matryoshka`` and its weight set), then on val and test: the spliced FVU/KL/Δacc, dead and dense shares, sparse
+probing at k = 1/2/5/10 (``family_metrics``, the analyze stage's code) and splitting/absorption
+(``absorption_metrics``, with the dense probe the baselines stage fits); neurons and PCA probed the same way for
+reference.
 """
 import argparse
 import json
@@ -121,8 +123,8 @@ def main():
     print("REF", json.dumps(ref))
     if args.out:
         with open(args.out, "w") as fh:
-            json.dump({"site": args.site, "arch": args.arch or params["sae"]["arch"], "seeds": args.seeds, "rows": rows, "mean": mean, "baselines": ref}, fh,
-                      indent=1)
+            json.dump({"site": args.site, "arch": args.arch or params["sae"]["arch"], "seeds": args.seeds,
+                       "rows": rows, "mean": mean, "baselines": ref}, fh, indent=1)
 
 
 if __name__ == "__main__":
