@@ -26,7 +26,7 @@ from sae_pipeline.analysis.absorption import absorption_metrics  # noqa: E402
 from sae_pipeline.analysis.families import family_metrics  # noqa: E402
 from sae_pipeline.analysis.probing import probe  # noqa: E402
 from sae_pipeline.analysis.units import encode_chunks, neuron_units, pca_units  # noqa: E402
-from sae_pipeline.config import read_params  # noqa: E402
+from sae_pipeline.config import ARCHS, read_params  # noqa: E402
 from sae_pipeline.evaluate import firing_rate, splice  # noqa: E402
 from sae_pipeline.export import folded_weights  # noqa: E402
 from sae_pipeline.fit import fit_sae  # noqa: E402
@@ -63,6 +63,16 @@ def parse_option(opt: str) -> tuple[list[int], float]:
     return ([] if sizes == "none" else [int(v) for v in sizes.split(",")]), float(weight or 1.0)
 
 
+def option(opt: str) -> str:
+    """argparse's check of one --prefixes option: a bad one is a one-line usage error, before anything loads."""
+    try:
+        parse_option(opt)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{opt!r}: expected none, or prefix sizes like 16,64,256 with an optional "
+                                         "/weight (16,64,256/0.25)") from None
+    return opt
+
+
 def run(inp, params, opt, seed, h, y, dirs, arch: str = ""):
     """One SAE (``arch`` over params.yaml's when given) trained and measured on val and test."""
     t0 = time.perf_counter()
@@ -90,9 +100,9 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--site", default="mlp-hidden")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--prefixes", nargs="+", default=["none", "16,64,256"],
+    p.add_argument("--prefixes", nargs="+", type=option, default=["none", "16,64,256"],
                    help="one option each: none (plain), or comma-separated prefix sizes with an optional /weight")
-    p.add_argument("--arch", default="", help="sae.arch for every run (default: params.yaml's)")
+    p.add_argument("--arch", default="", choices=("", *ARCHS), help="sae.arch for every run (default: params.yaml's)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     params = read_params("params.yaml")
