@@ -7,12 +7,13 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.e2e  # real DVC on the shared tiny project: `make test-fast` leaves these out
 
-from conftest import ROOT, restore, run, set_params, snapshot, with_remote
+from conftest import ROOT, run, set_params, snapshot, with_remote
 
 
 
@@ -29,9 +30,25 @@ def ran(proc) -> list[str]:
     return re.findall(r"Running stage '([a-z_]+(?:@[a-z0-9_-]+)?)'", proc.stdout)
 
 
+@pytest.fixture(scope="module")
+def remote(tiny_project, sshd, tmp_path_factory) -> Path:
+    """A remote folder that holds the shared project's outputs and run-cache, pushed once for the tests that start
+    from them (the push itself is tested by test_push_and_pull_give_a_second_clone_identical_artifacts). Tests
+    may add to it (objects are content-addressed) but must leave what is there intact."""
+    a, env = tiny_project
+    path = tmp_path_factory.mktemp("remote") / "store"
+    run(REMOTE + ["push", "--run-cache"], a, with_remote(a, env, sshd, path))
+    (a / ".dvc/config.local").unlink()
+    return path
+
+
 def test_push_and_pull_give_a_second_clone_identical_artifacts(tiny, sshd, tmp_path):
     a, env = tiny
-    env_a = with_remote(a, env, sshd, tmp_path / "remote")
+    env_a = with_remote(a, env, sshd, tmp_path / "remote", cli=True)  # the README's commands
+    by_cli = (a / ".dvc/config.local").read_text()
+    (a / ".dvc/config.local").unlink()
+    with_remote(a, env, sshd, tmp_path / "remote")  # the other tests' shortcut writes the same file
+    assert (a / ".dvc/config.local").read_text() == by_cli
     t0 = time.time()
     run(REMOTE + ["push", "--run-cache"], a, env_a)
     push_s = time.time() - t0
@@ -47,19 +64,17 @@ def test_push_and_pull_give_a_second_clone_identical_artifacts(tiny, sshd, tmp_p
     assert ran(run(["dvc", "repro"], b, env_b)) == []
 
 
-def test_models_split_across_two_machines_and_joined_on_a_third(tiny, sshd, tmp_path):
+def test_models_split_across_two_machines_and_joined_on_a_third(tiny, sshd, remote, tmp_path):
     """An experiment (sae.tau=0.07) split by model: machine A runs the MLP's sites, machine B the ViT's, each
     `make push`es (outputs and run-cache); machine C pulls and its `dvc repro` computes only what needs
     both (the index page, the universality stage): every SAE stage comes from the run-cache ("is cached -
     skipping run")."""
     a, env = tiny
-    env_a = with_remote(a, env, sshd, tmp_path / "remote")
-    run(REMOTE + ["push"], a, env_a)  # the commit's own outputs, which the machines pull first
-    restore(a, env_a)
+    env_a = with_remote(a, env, sshd, remote)  # it has the commit's own outputs, which the machines pull first
     parts = {"A": ["analyze@mlp-*", "control_sae@mlp-*"], "B": ["analyze@vit-*", "control_sae@vit-*"]}
     for name, globs in parts.items():
         m = clone(a, tmp_path / name, env_a)
-        env_m = with_remote(m, env, sshd, tmp_path / "remote")
+        env_m = with_remote(m, env, sshd, remote)
         run(REMOTE + ["pull"], m, env_m)
         set_params(m / "params.yaml", {"sae": {"tau": 0.07}})  # a value no other test runs (no run-cache yet)
         got = ran(run(["dvc", "repro", "--glob", *globs], m, env_m))
@@ -68,7 +83,7 @@ def test_models_split_across_two_machines_and_joined_on_a_third(tiny, sshd, tmp_
         assert sorted(got) == sorted(["check_params", *mine]), got  # its own sites' SAE side, nothing else
         run(REMOTE + ["push", "--run-cache"], m, env_m)
     c = clone(a, tmp_path / "C", env_a)
-    env_c = with_remote(c, env, sshd, tmp_path / "remote")
+    env_c = with_remote(c, env, sshd, remote)
     run(REMOTE + ["pull", "--run-cache"], c, env_c)
     set_params(c / "params.yaml", {"sae": {"tau": 0.07}})
     proc = run(["dvc", "repro"], c, env_c)
@@ -83,12 +98,11 @@ def test_models_split_across_two_machines_and_joined_on_a_third(tiny, sshd, tmp_
     assert json.loads(run(["dvc", "status", "--json"], c, env_c).stdout) == {}
 
 
-def test_remote_failures_are_one_line_and_a_retry_completes(tiny, sshd, tmp_path):
+def test_remote_failures_are_one_line_and_a_retry_completes(tiny, sshd, remote, tmp_path):
     a, env = tiny
-    env_a = with_remote(a, env, sshd, tmp_path / "remote")
-    run(REMOTE + ["push"], a, env_a)
+    env_a = with_remote(a, env, sshd, remote)
     b = clone(a, tmp_path / "b", env_a)
-    env_b = with_remote(b, env, sshd, tmp_path / "remote")
+    env_b = with_remote(b, env, sshd, remote)
 
     def fails(args, cwd, env_, expect):
         proc = run(REMOTE + args, cwd, env_, check=False)
@@ -139,14 +153,16 @@ def test_remote_failures_are_one_line_and_a_retry_completes(tiny, sshd, tmp_path
     # (the remote's copy is truncated for one transfer: what arrives is what a cut-off read leaves)
     rel = "data/sae/mlp-hidden/saelens/cfg.json"
     md5 = __import__("hashlib").md5((a / rel).read_bytes()).hexdigest()
-    obj, remote_obj = (root / "files/md5" / md5[:2] / md5[2:] for root in (b / ".dvc/cache", tmp_path / "remote"))
+    obj, remote_obj = (root / "files/md5" / md5[:2] / md5[2:] for root in (b / ".dvc/cache", remote))
     obj.unlink()
     (b / rel).unlink()
     whole = remote_obj.read_bytes()
     remote_obj.write_bytes(whole[: len(whole) // 2])
-    line = fails(["pull"], b, env_b, "came down cut short")
-    assert rel in line and not (b / rel).exists() and not obj.exists(), line
-    remote_obj.write_bytes(whole)
+    try:
+        line = fails(["pull"], b, env_b, "came down cut short")
+        assert rel in line and not (b / rel).exists() and not obj.exists(), line
+    finally:
+        remote_obj.write_bytes(whole)  # the module's remote, whole again for the tests after this one
     run(REMOTE + ["pull"], b, env_b)
     assert snapshot(b) == snapshot(a)
 
@@ -174,11 +190,10 @@ def test_full_or_read_only_remote_is_one_line(tiny, sshd, tmp_path, mode):
         assert proc.returncode == 1 and len(lines) == 1, proc.stderr
         assert "read-only" in lines[0] and "rerun" in lines[0], lines[0]  # the cause, and what to do
     finally:
-        subprocess.run(["umount", str(mnt)], check=False)
-        run(["dvc", "remote", "remove", "--local", "small"], a, env, check=False)
+        subprocess.run(["umount", str(mnt)], check=False)  # (the `tiny` fixture drops the remote afterwards)
 
 
-def test_sweep_split_across_two_machines_and_collected_on_a_third(tiny, sshd, tmp_path):
+def test_sweep_split_across_two_machines_and_collected_on_a_third(tiny, sshd, remote, tmp_path):
     """From one commit, two clones run different parts of the sweep and `dvc exp push` them to a shared bare git
     remote and the DVC remote; a third clone pulls every experiment and builds the Pareto table from
     `dvc exp show --json` without running a stage. The commit is the shared tiny project's (pushed to a bare
@@ -186,8 +201,7 @@ def test_sweep_split_across_two_machines_and_collected_on_a_third(tiny, sshd, tm
     a, env = tiny
     origin = tmp_path / "origin.git"
     run(["git", "init", "-q", "--bare", "--initial-branch=main", str(origin)], tmp_path, env)
-    env = with_remote(a, env, sshd, tmp_path / "remote")
-    run(REMOTE + ["push", "--run-cache"], a, env)
+    env = with_remote(a, env, sshd, remote)  # with the commit's outputs and run-cache
     run(["git", "push", "-q", str(origin), "HEAD:refs/heads/main"], a, env)
     # one experiment a machine: what is tested is the split, the push and the collection, not the grid's size
     sweep = [sys.executable, str(ROOT / "bench/sweep.py"), "--site", "vit-block1", "--archs", "jumprelu", "topk",
@@ -197,14 +211,14 @@ def test_sweep_split_across_two_machines_and_collected_on_a_third(tiny, sshd, tm
     # 2 with --jobs 1, which runs it in a temp copy in the foreground (`dvc exp run --temp`): both paths tested
     for part, jobs in (("1/2", "2"), ("2/2", "1")):
         m = clone(origin, tmp_path / f"machine{part[0]}", env)
-        env_m = with_remote(m, env, sshd, tmp_path / "remote")
+        env_m = with_remote(m, env, sshd, remote)
         run(REMOTE + ["pull"], m, env_m)
         out = run(sweep + ["--part", part, "--jobs", jobs, "--push", "origin"], m, env_m, timeout=900).stdout
         assert ("dvc queue start" in out) is (jobs == "2") and ("--temp" in out) is (jobs == "1"), out
         names |= set(re.search(r"pushed 1 experiments to origin: (.+)", out).group(1).split())
     assert names == {"sweep-vit-block1-jumprelu-4", "sweep-vit-block1-topk-4"}
     c = clone(origin, tmp_path / "collector", env)
-    env_c = with_remote(c, env, sshd, tmp_path / "remote")
+    env_c = with_remote(c, env, sshd, remote)
     out = run(sweep + ["--collect", "origin", "--out-csv", "docs/pareto.csv", "--out-png", "docs/pareto.png"], c,
               env_c).stdout
     assert "Running stage" not in out
