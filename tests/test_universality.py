@@ -197,3 +197,38 @@ def test_floor_and_ceiling_bracket_planted_sites():
     assert 0.4 < u["U"] < 0.6 and u["U_ci95"][0] < u["U"] < u["U_ci95"][1], u
     u = u_score(full["codes"], fl, ceiling["a"]["codes"], ceiling["b"]["codes"], "mutual_share_0.5", g)
     assert abs(u["U"] - 0.5) < 0.01, u  # exactly the shared half has a mutual partner
+
+
+def test_a_change_to_one_site_moves_no_other_pairs_numbers():
+    """`analyse` over three planted sites with their floor and ceiling, then again with site c's SAE replaced:
+    every number of the pair a~b (its nulls, bootstrap intervals, random pairs, floor and U) is the same, and the
+    pairs with c changed. (One generator drawn through every pair in turn moved them all.)"""
+    from sae_pipeline.universality import analyse
+
+    g = torch.Generator().manual_seed(5)
+    n, k = 1500, 24
+
+    def feats(m):
+        return (torch.rand(n, m, generator=g) < 0.1) * (0.5 + torch.rand(n, m, generator=g))
+
+    def site(name, f):
+        raw = f @ torch.randn(f.shape[1], 32, generator=g)
+        latents = [{"latent": u, "n_test": int((f[:, u] > 0).sum()), "label_hist": torch.rand(10, generator=g).tolist(),
+                    "hypothesis_classes": [u % 10], "delta_logit": torch.randn(10, generator=g).tolist(),
+                    "top_examples": [{"test_index": int(i)} for i in f[:, u].topk(4).indices]}
+                   for u in range(f.shape[1])]
+        return SiteUnits(name, f, raw, feats(f.shape[1]), torch.randn(f.shape[1], 32, generator=g), latents)
+
+    shared = feats(k // 2)
+    base = {name: site(name, torch.cat([shared, feats(k // 2)], 1)) for name in ("a", "b", "c")}
+    controls = {(name, kind): Control(feats(k), feats(32)) for name in base for kind in ("floor", "ceiling")}
+    pixels = torch.rand(n, 28, 28, generator=g)
+    first = analyse(list(base.values()), pixels, torch.Generator().manual_seed(300), controls)[0]
+    # another SAE at site c, with fewer live latents, and so at its floor and ceiling models (the control SAEs
+    # follow the site's recipe)
+    changed = dict(base, c=site("c", feats(k - 6)))
+    controls.update({("c", kind): Control(feats(k - 6), feats(32)) for kind in ("floor", "ceiling")})
+    second = analyse(list(changed.values()), pixels, torch.Generator().manual_seed(300), controls)[0]
+    assert first["pairs"]["a~b"] == second["pairs"]["a~b"]
+    assert first["ceiling"]["a"] == second["ceiling"]["a"]
+    assert first["pairs"]["a~c"] != second["pairs"]["a~c"] and first["pairs"]["b~c"] != second["pairs"]["b~c"]

@@ -16,6 +16,7 @@ with row n of both from image n. Every measure here has a null that keeps it hon
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import torch
@@ -303,6 +304,13 @@ class Control:
     raw: torch.Tensor
 
 
+def stream(gen: torch.Generator, name: str) -> torch.Generator:
+    """A generator of its own for one site's or one pair's draws (shuffles, bootstraps, random pairs), from
+    ``gen``'s seed and the name: so that a change to one site's SAE moves no other pair's nulls or intervals,
+    which one generator drawn through every pair in turn did."""
+    return torch.Generator().manual_seed((gen.initial_seed() * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
+
+
 def bracket(sites: list[SiteUnits], controls: dict[tuple[str, str], Control], prep: dict, gen: torch.Generator
             ) -> tuple[dict, dict]:
     """The floor and ceiling comparisons: each site's SAE codes and raw units against its ceiling model's
@@ -310,13 +318,16 @@ def bracket(sites: list[SiteUnits], controls: dict[tuple[str, str], Control], pr
     for (name, kind), c in controls.items():
         for k in ("codes", "raw"):
             prep[(f"{name}:{kind}", k)] = Centred.of(getattr(c, k))
-    ceiling = {s.name: {k: compare(prep[(s.name, k)], prep[(f"{s.name}:ceiling", k)], gen) for k in ("codes", "raw")}
-               for s in sites}
+    ceiling = {}
+    for s in sites:
+        g = stream(gen, f"{s.name}:ceiling")
+        ceiling[s.name] = {k: compare(prep[(s.name, k)], prep[(f"{s.name}:ceiling", k)], g) for k in ("codes", "raw")}
     floor = {}
     for i, a in enumerate(sites):
         for b in sites[i + 1:]:
+            g = stream(gen, f"{a.name}~{b.name}:floor")
             floor[f"{a.name}~{b.name}"] = {k: compare(prep[(f"{a.name}:floor", k)], prep[(f"{b.name}:floor", k)],
-                                                      gen) for k in ("codes", "raw")}
+                                                      g) for k in ("codes", "raw")}
     return ceiling, floor
 
 
@@ -337,13 +348,14 @@ def analyse(sites: list[SiteUnits], pixels: torch.Tensor, gen: torch.Generator,
     for i, a in enumerate(sites):
         for b in sites[i + 1:]:
             key = f"{a.name}~{b.name}"
-            out = compare_sites(a, b, mean_img, gen, prep)
+            g = stream(gen, key)
+            out = compare_sites(a, b, mean_img, g, prep)
             if ceiling:
                 out["floor"] = {k: _brief(c) for k, c in floor[key].items()}
                 full = {"codes": out.pop("_sae_full"), "raw": out.pop("_raw_full")}
                 out["universality_score"] = {
                     f"{'sae' if k == 'codes' else 'raw'}_{m}": u_score(full[k], floor[key][k], ceiling[a.name][k],
-                                                                         ceiling[b.name][k], m, gen)
+                                                                         ceiling[b.name][k], m, g)
                     for k in ("codes", "raw") for m in U_MEASURES}
                 cka = [out["cka_sae"], floor[key]["codes"]["cka"],
                        (ceiling[a.name]["codes"]["cka"] + ceiling[b.name]["codes"]["cka"]) / 2]
