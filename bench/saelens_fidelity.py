@@ -7,6 +7,7 @@ from the project root after `make repro`:
 
     python3 -m venv /tmp/saelens && /tmp/saelens/bin/pip install sae-lens
     PYTHONPATH=src /tmp/saelens/bin/python bench/saelens_fidelity.py --sites mlp-hidden cnn-fc ...
+    ... --sites vit-block2 --seeds 0 1 2 --out saelens_fidelity_seeds.json   # SAELens over seeds too
 
 SAELens's recipe is the best one measured on these activations (shared/notes: its Anthropic mode, tanh L0
 penalty with scale 4, bandwidth 2, θ0 0.1, pre-activation loss 3e-6, STE to the input; Adam at the project's lr,
@@ -107,7 +108,13 @@ def fidelity(sae, inp, ctx):
             "dead": round(float(((sae.encode(inp.acts.train) > 0).sum(0) == 0).float().mean()), 4)}
 
 
-def run_site(site):
+def trained_and_tuned(inp, coef, seed):
+    sae = train(inp.acts.train, inp.sae_cfg, coef, inp.sae_cfg.epochs, seed=seed)
+    tune(sae, inp.acts.val, inp.sae_cfg.target_actives)
+    return sae
+
+
+def run_site(site, seeds=(0,)):
     t0 = time.perf_counter()
     inp = site_inputs.load(site)
     cfg = inp.sae_cfg
@@ -125,8 +132,12 @@ def run_site(site):
     scale, after = tune(sae, inp.acts.val, cfg.target_actives)
     ours = json.load(open(site_inputs.stage_args("train_sae", site)["metrics"]))
     lens = fidelity(sae, inp, ctx)
+    # more seeds at the coefficient seed 0 calibrated (a seed changes the init and the batch order)
+    more = {"saelens_seeds": [{"seed": 0, **lens}] + [
+        {"seed": seed, **fidelity(trained_and_tuned(inp, coef, seed), inp, ctx)} for seed in seeds[1:]]
+    } if len(seeds) > 1 else {}
     return {"site": site, "saelens": {**lens, "coef": coef, "probes": probes, "l0_val_before_tuning": round(before, 3),
-                                      "theta_scale": round(scale, 5)},
+                                      "theta_scale": round(scale, 5)}, **more,
             "ours": {"fvu": ours["fvu"], "kl": ours["kl_logits"], "l0": ours["achieved_actives_test"],
                      "dacc_pp": round(100 * ours["delta_acc_jumprelu"], 3), "dead": ours["dead_frac"]},
             "ours_lower_fvu_and_kl": ours["fvu"] < lens["fvu"] and ours["kl_logits"] < lens["kl"],
@@ -136,16 +147,21 @@ def run_site(site):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sites", nargs="+", default=["mlp-hidden", "cnn-pool", "cnn-fc", "vit-block2", "vit-block4"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0],
+                    help="also train SAELens's SAE from these seeds at seed 0's calibrated coefficient (saelens_seeds)")
+    ap.add_argument("--out", default="saelens_fidelity.json", help="the output's file name, in bench/")
     args = ap.parse_args()
+    if args.seeds[0] != 0:
+        ap.error("--seeds starts with 0 (the seed that calibrates the L0 coefficient)")
     setup_torch("cpu")
     rows = []
     for site in args.sites:
-        rows.append(run_site(site))
+        rows.append(run_site(site, args.seeds))
         print(json.dumps(rows[-1]), flush=True)
     import sae_lens
     out = {"sae_lens": sae_lens.__version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
            "sites": rows, "ours_lower_everywhere": all(r["ours_lower_fvu_and_kl"] for r in rows)}
-    with open(os.path.join(os.path.dirname(__file__), "saelens_fidelity.json"), "w") as fh:
+    with open(os.path.join(os.path.dirname(__file__), args.out), "w") as fh:
         json.dump(out, fh, indent=2)
         fh.write("\n")
     print("ours lower FVU and KL at every site:", out["ours_lower_everywhere"])

@@ -52,13 +52,16 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--site", default="mlp-hidden")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--set", action="append", default=[], help="sae.KEY=VALUE over params.yaml")
+    p.add_argument("--set", action="append", default=[],
+                   help="sae.KEY=VALUE over params.yaml, at this site too where the site overrides KEY")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     params = read_params("params.yaml")
     for kv in args.set:
         k, v = kv.split("=", 1)
         params["sae"][k] = yaml.safe_load(v)
+        # a site's own `sae:` (params.yaml, e.g. the ViT's tau) would otherwise win over the value asked for
+        params["sites"][args.site].get("sae", {}).pop(k, None)
     setup_torch("cpu")
     inp = site_inputs.load(args.site, params)
     rows = []
