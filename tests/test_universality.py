@@ -232,3 +232,19 @@ def test_a_change_to_one_site_moves_no_other_pairs_numbers():
     assert first["pairs"]["a~b"] == second["pairs"]["a~b"]
     assert first["ceiling"]["a"] == second["ceiling"]["a"]
     assert first["pairs"]["a~c"] != second["pairs"]["a~c"] and first["pairs"]["b~c"] != second["pairs"]["b~c"]
+
+
+def test_the_docs_tables_are_the_committed_metrics():
+    """docs/universality.md quotes metrics/universality.json through tools/universality_tables.py: after a run that
+    changes an SAE the tables must be regenerated with it (they had drifted from the metrics once)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "tools/universality_tables.py"),
+                          str(root / "metrics/universality.json")], capture_output=True, text=True, check=True).stdout
+    docs = (root / "docs/universality.md").read_text()
+    tables = [t for t in out.split("\n\n") if t.startswith("| pair |")]
+    assert len(tables) == 2
+    for table in tables:
+        assert table.strip() in docs, table.splitlines()[0]
