@@ -28,9 +28,9 @@ def ordered(pairs: dict) -> list[str]:
     return sorted(pairs, key=lambda k: model(k.split("~")[0]) == model(k.split("~")[1]))
 
 
-def label(key: str) -> str:
+def label(key: str, mark_within: bool = True) -> str:
     a, b = key.split("~")
-    return f"*within a model:* {a} / {b}" if model(a) == model(b) else f"{a} / {b}"
+    return f"*within a model:* {a} / {b}" if mark_within and model(a) == model(b) else f"{a} / {b}"
 
 
 def matching_table(pairs: dict) -> list[str]:
@@ -44,7 +44,7 @@ def matching_table(pairs: dict) -> list[str]:
         meaning = lambda d: " / ".join(f(d[k], 2) for k in ("label_hist_cosine", "hypothesis_jaccard",  # noqa: E731
                                                             "delta_logit_corr", "mean_image_corr"))
         rows.append(
-            f"| {label(key).replace('*within a model:* ', '')} | {f(s['hungarian_mean'])}{ci(s['hungarian_mean_ci95'])} | "
+            f"| {label(key, mark_within=False)} | {f(s['hungarian_mean'])}{ci(s['hungarian_mean_ci95'])} | "
             f"{f(s['null_shuffled']['hungarian_mean'])} | {f(p['random_dictionary']['hungarian_mean'])} | "
             f"{f(p['raw']['hungarian_mean'])} | {s['mutual_nn_rho_0.5']} / {s['mutual_nn_rho_0.7']} | "
             f"{f(p['cka_raw'], 2)} / {f(p['cka_sae'], 2)} | {f(g['svcca'], 2)} ({f(g['svcca_null_mean'], 2)}, "
@@ -98,7 +98,11 @@ def ranges(pairs: dict) -> list[str]:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("path", nargs="?", default="metrics/universality.json", type=Path)
-    pairs = json.loads(ap.parse_args().path.read_text())["pairs"]
+    path = ap.parse_args().path
+    try:
+        pairs = json.loads(path.read_text())["pairs"]
+    except (OSError, ValueError, KeyError) as exc:  # one line, not a traceback
+        ap.exit(1, f"error: {path} is not a universality stage's metrics ({type(exc).__name__}: {exc})\n")
     print("\n".join(matching_table(pairs) + [""] + score_table(pairs) + [""] + ranges(pairs)))
 
 

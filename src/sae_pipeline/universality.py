@@ -23,6 +23,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from .analysis.examples import mean_images
+from .runtime import generator
 
 THRESHOLDS = (0.5, 0.7)
 N_BOOT = 1000  # bootstrap resamples of the matched pairs for the Hungarian mean's 95% interval
@@ -306,9 +307,9 @@ class Control:
 
 def stream(gen: torch.Generator, name: str) -> torch.Generator:
     """A generator of its own for one site's or one pair's draws (shuffles, bootstraps, random pairs), from
-    ``gen``'s seed and the name: so that a change to one site's SAE moves no other pair's nulls or intervals,
-    which one generator drawn through every pair in turn did."""
-    return torch.Generator().manual_seed((gen.initial_seed() * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
+    ``gen``'s seed and the name (``runtime.generator``): so that a change to one site's SAE moves no other pair's
+    nulls or intervals, which one generator drawn through every pair in turn did."""
+    return generator(gen.initial_seed(), zlib.crc32(name.encode()))
 
 
 def bracket(sites: list[SiteUnits], controls: dict[tuple[str, str], Control], prep: dict, gen: torch.Generator
