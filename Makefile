@@ -22,9 +22,10 @@ $(VENV)/.installed: pyproject.toml
 repro: install
 	dvc repro $(if $(ONLY),--glob 'analyze@$(ONLY)')
 
-# Two workers on two cores (pytest-xdist): each builds its own tiny project and SSH server once
+# Two workers on two cores (pytest-xdist), each taking the next test when it is free, the longest first
+# (tests/conftest.py, LONGEST_FIRST); each builds its own tiny project and SSH server once
 test: install
-	pytest -q -n 2 --dist worksteal
+	pytest -q -n 2 --dist load --maxschedchunk 1
 
 # The inner loop: every test but the end-to-end ones (real DVC, SSH server, Chromium), in well under a minute
 test-fast: install

@@ -42,6 +42,30 @@ TINY = {
 }
 
 
+# The longest tests, about longest first (measured on the 2-core VM, docs/speed.md). `make test` hands tests to its two
+# workers one at a time as each becomes free (`--dist load --maxschedchunk 1`), in this order: these, then the
+# other end-to-end tests, then the unit tests. The long ones start early and the short ones fill the end, so the
+# workers finish together (longest-processing-time-first list scheduling); a name missing here only costs time.
+LONGEST_FIRST = (
+    "test_sweep_split_across_two_machines_and_collected_on_a_third",
+    "test_remote_failures_are_one_line_and_a_retry_completes",  # (each worker queues one test ahead: these four
+    "test_two_cold_runs_are_byte_identical",  # pair up as the first two of each worker, ~80 s apiece)
+    "test_models_split_across_two_machines_and_joined_on_a_third",
+    "test_exp_run_metrics_diff_and_plots",
+    "test_push_and_pull_give_a_second_clone_identical_artifacts",
+    "test_code_change_in_one_stage_reruns_only_it",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        if item.originalname in LONGEST_FIRST:
+            return 0, LONGEST_FIRST.index(item.originalname)
+        return (1 if item.get_closest_marker("e2e") else 2), 0
+
+    items.sort(key=rank)  # stable: the rest keep pytest's order
+
+
 REPLACE = ("sites",)  # sections an override replaces whole (the others are merged key by key, nested too)
 
 
@@ -150,8 +174,9 @@ def tiny_project(tmp_path_factory, mnist_wheel):
 
 def restore(dest: Path, env: dict) -> None:
     """The shared project back at its commit: files and params (git), outputs (from the DVC cache, only when a
-    byte of them differs), stray files in the output folders removed; then every byte is as after its run."""
-    run("git reset -q --hard && git clean -fdq plots metrics", dest, env)
+    byte of them differs), untracked files removed wherever they are (a test's docs/pareto.csv); then every byte
+    is as after its run, and git sees no change (else the next test, whichever it is, would)."""
+    run("git reset -q --hard && git clean -fdq", dest, env)
     (dest / ".dvc/config.local").unlink(missing_ok=True)  # a remote a test pointed the project at
     want = PRISTINE[dest]
     if snapshot(dest) != want:
@@ -159,6 +184,7 @@ def restore(dest: Path, env: dict) -> None:
         for rel in set(snapshot(dest)) - set(want):
             (dest / rel).unlink()
     assert snapshot(dest) == want, "the shared project could not be restored"
+    assert run("git status --porcelain", dest, env).stdout == "", "the shared project could not be restored"
 
 
 @pytest.fixture
