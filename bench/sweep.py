@@ -65,7 +65,9 @@ def run_queue(site: str, pairs, jobs: int, extra: list[str]) -> list[str]:
         return names
     for (arch, t), name in zip(pairs, names):
         sh("dvc", "exp", "run", "--queue", "-n", name, *sets(arch, t))
-    # one torch thread per worker: two workers with two threads each on two cores thrash (seen: 10x slower)
+    # no more workers than experiments (each is a Celery process that imports DVC and then idles); the cores
+    # shared among them: two workers with two threads each on two cores thrash (seen: 10x slower)
+    jobs = min(jobs, len(pairs))
     threads = str(max(1, (os.cpu_count() or 1) // jobs))
     print("+ dvc queue start -j", jobs, flush=True)
     # The workers stay in the background after `queue start` returns: its output goes to a file, because a pipe
