@@ -11,8 +11,10 @@ import json
 from pathlib import Path
 
 
-def model(site: str) -> str:
-    return site.split("-")[0]  # site names are <model>-<site> (params.yaml)
+def within(key: str) -> bool:
+    """Whether a pair key ``<site>~<site>`` names two sites of one model (site names are <model>-<site>)."""
+    a, b = (site.split("-")[0] for site in key.split("~"))
+    return a == b
 
 
 def f(x, digits=3) -> str:
@@ -25,12 +27,12 @@ def ci(lo_hi, digits=3) -> str:
 
 def ordered(pairs: dict) -> list[str]:
     """Cross-architecture pairs first (in the file's order), then pairs within one model."""
-    return sorted(pairs, key=lambda k: model(k.split("~")[0]) == model(k.split("~")[1]))
+    return sorted(pairs, key=within)
 
 
 def label(key: str, mark_within: bool = True) -> str:
     a, b = key.split("~")
-    return f"*within a model:* {a} / {b}" if mark_within and model(a) == model(b) else f"{a} / {b}"
+    return f"*within a model:* {a} / {b}" if mark_within and within(key) else f"{a} / {b}"
 
 
 def matching_table(pairs: dict) -> list[str]:
@@ -69,7 +71,7 @@ def score_table(pairs: dict) -> list[str]:
 
 def ranges(pairs: dict) -> list[str]:
     """min–max over the cross-architecture pairs of what the README's paragraph quotes."""
-    cross = [pairs[k] for k in pairs if model(k.split("~")[0]) != model(k.split("~")[1])]
+    cross = [p for k, p in pairs.items() if not within(k)]
 
     def span(get, digits=2) -> str:
         vals = [get(p) for p in cross]
@@ -92,7 +94,7 @@ def ranges(pairs: dict) -> list[str]:
         f"{span(lambda p: p['meaning_random_pairs']['mean_image_corr'])})",
     ] + [f"  {k.replace('~', ' / ')}: U {f(p['universality_score']['sae_hungarian_mean']['U'], 2)}"
          f"{ci(p['universality_score']['sae_hungarian_mean']['U_ci95'], 2)}"
-         for k, p in pairs.items() if p in cross]
+         for k, p in pairs.items() if not within(k)]
 
 
 def main():
