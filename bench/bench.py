@@ -28,8 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 REF = "d9c4f9c"  # the previous release (issue 17's baseline)
+# `make reset`, also for a ref without it; --allow-missing: a --head-targets clone has only its subset's outputs
 RESET = "git rm -r -q --cached params.yaml dvc.lock metrics && git checkout HEAD -- params.yaml dvc.lock metrics " \
-        "&& dvc checkout -f -q && git clean -fdq metrics plots"  # `make reset`, also for a ref without it
+        "&& dvc checkout -f -q --allow-missing && git clean -fdq metrics plots"
 
 
 def sh(cmd, cwd, check=True):
@@ -64,21 +65,23 @@ def clone(rev, dest):
     return dest
 
 
-def one_round(path: Path, tests: bool, dag: bool = True) -> dict:
+def one_round(path: Path, tests: bool, dag: bool = True, targets: str = "") -> dict:
     out = {}
     if dag:
-        out.update(dag_round(path))
+        out.update(dag_round(path, targets))
     if tests:
         out["test_s"], _ = timed(test_command(path), path)
     return out
 
 
-def dag_round(path: Path) -> dict:
+def dag_round(path: Path, targets: str = "") -> dict:
+    """``targets``: the stages every command is limited to, with what is upstream of them (`dvc repro -f` forces
+    those too); e.g. ``analyze@mlp-hidden``: the MLP-only subset."""
     out = {}
-    out["cold_repro_s"], out["cold_stage_s"] = timed("dvc repro -f", path)
-    out["noop_repro_s"], _ = timed("dvc repro", path)
+    out["cold_repro_s"], out["cold_stage_s"] = timed(f"dvc repro -f {targets}", path)
+    out["noop_repro_s"], _ = timed(f"dvc repro {targets}", path)
     shutil.rmtree(path / ".dvc/cache/runs", ignore_errors=True)  # a first run of the experiment, not a restore
-    out["tau_experiment_s"], out["tau_experiment_stage_s"] = timed("dvc exp run -S sae.tau=0.05", path)
+    out["tau_experiment_s"], out["tau_experiment_stage_s"] = timed(f"dvc exp run -S sae.tau=0.05 {targets}", path)
     sh(RESET, path)
     return out
 
@@ -109,29 +112,36 @@ def only_model(path: Path, model: str) -> None:
     sh(f"git -c user.name=bench -c user.email=bench@localhost commit -q -am 'bench: only {model}'", path)
 
 
-def side_by_side(ref: str, rounds: int, tests: bool, dag: bool = True, head_only: str = "") -> dict:
+def side_by_side(ref: str, rounds: int, tests: bool, dag: bool = True, head_only: str = "",
+                 head_targets: str = "") -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="sae-bench-"))
     clones = {"head": clone("HEAD", tmp / "head"), "ref": clone(ref, tmp / "ref")}
+    targets = {"head": head_targets, "ref": ""}
     if head_only:
         only_model(clones["head"], head_only)
+    if head_targets:
+        # The rest of the DAG's outputs from this checkout's cache (hard links: DVC never writes a cache object in
+        # place): `dvc exp run` on some targets commits every stage's outputs, so they must be in the cache
+        sh(f"mkdir -p .dvc/cache && cp -al {ROOT}/.dvc/cache/files .dvc/cache/ && dvc checkout -q", clones["head"])
     for name, path in clones.items() if dag else ():  # outputs in place first (the data download, caches),
         # untimed, and committed in the clone: the reset after each experiment goes back to this machine's outputs,
         # which are in its cache (a commit's dvc.lock from another CPU type names outputs this cache never had); the
         # test suites build their own projects, so --tests-only skips it
-        sh("dvc repro -q && git add -A && git -c user.name=bench -c user.email=bench@localhost commit -q --allow-empty -m "
+        sh(f"dvc repro -q {targets[name]} && git add -A && git -c user.name=bench -c user.email=bench@localhost commit -q --allow-empty -m "
            "'bench: outputs of this machine'", path)
     runs = {"head": [], "ref": []}
     for r in range(rounds):
         for name in (("head", "ref") if r % 2 == 0 else ("ref", "head")):
             print(f"round {r + 1}/{rounds}: {name}", flush=True)
-            runs[name].append(one_round(clones[name], tests, dag))
+            runs[name].append(one_round(clones[name], tests, dag, targets[name]))
     shutil.rmtree(tmp, ignore_errors=True)
     summary = {}
     for key in ("cold_repro_s", "noop_repro_s", "tau_experiment_s", "test_s"):
         h, f = median_of(runs["head"], key), median_of(runs["ref"], key)
         if h is not None:
             summary[key] = {"head": h, "ref": f, "ratio": round(h / f, 3)}
-    return {"ref": ref, "rounds": rounds, "head_only": head_only, "summary": summary, "runs": runs}
+    return {"ref": ref, "rounds": rounds, "head_only": head_only, "head_targets": head_targets, "summary": summary,
+            "runs": runs}
 
 
 def _matmul_seconds(b, d, m, steps):
@@ -212,6 +222,9 @@ def main():
     ap.add_argument("--throughput", action="store_true", help="only the SAE step (prints one JSON line)")
     ap.add_argument("--head-only", default="", metavar="MODEL", help="HEAD with only this model and its sites in "
                     "params.yaml (e.g. mlp: the zoo's MLP-only configuration against a single-model reference)")
+    ap.add_argument("--head-targets", default="", metavar="STAGES", help="HEAD's commands on these stages and what "
+                    "is upstream of them (e.g. analyze@mlp-hidden: what the README's MLP-only iteration, `make repro "
+                    "ONLY='mlp-*'`, runs), against the reference's whole DAG")
     ap.add_argument("--out", default=None, help="results file (default bench/results.json)")
     args = ap.parse_args()
     if args.throughput:
@@ -222,7 +235,7 @@ def main():
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                           f"{_cpu_model()}", "torch": torch.__version__,
                **side_by_side(args.ref, args.rounds, args.tests or args.tests_only, not args.tests_only,
-                              args.head_only)}
+                              args.head_only, args.head_targets)}
     out_name = args.out or ("results_tests.json" if args.tests_only else "results.json")
     # In a fresh process, as every stage runs (measured inside a long-lived process that had driven DVC, the
     # same step ran ~25% slower; not explained).

