@@ -1,6 +1,8 @@
 """Sweep the SAE's arch x target L0 at one site through DVC's experiment queue, on one machine or split across
-several. Each experiment sets the site's own overrides (``sites.<site>.sae.arch``, ``.target_actives``), so only
-that site's SAE side reruns.
+several. Each experiment sets the site's own overrides (``sites.<site>.sae.arch``, ``.target_actives``) and
+reproduces ``analyze@<site>`` and what it needs: the site's SAE and its analysis. The stages that read every site
+(the controls' SAEs of the site, universality, the index page) are left as the commit has them, which would cost
+several times the SAE itself at each point; `dvc exp apply NAME && dvc repro` brings one experiment up to date.
 
     make sweep                                   # the whole grid at mlp-hidden, then docs/pareto.{png,csv}
     make sweep SWEEP_ARGS="--site vit-block4"    # the same at another site
@@ -61,10 +63,10 @@ def run_queue(site: str, pairs, jobs: int, extra: list[str]) -> list[str]:
         # One at a time needs no queue: `--temp` runs each experiment in its own copy of the repo, as a queued one
         # would, but in this process, without starting a Celery worker and waiting for it to go idle (~10 s).
         for (arch, t), name in zip(pairs, names):
-            sh("dvc", "exp", "run", "--temp", "-n", name, *sets(arch, t))
+            sh("dvc", "exp", "run", "--temp", "-n", name, *sets(arch, t), f"analyze@{site}")
         return names
     for (arch, t), name in zip(pairs, names):
-        sh("dvc", "exp", "run", "--queue", "-n", name, *sets(arch, t))
+        sh("dvc", "exp", "run", "--queue", "-n", name, *sets(arch, t), f"analyze@{site}")
     # no more workers than experiments (each is a Celery process that imports DVC and then idles); the cores
     # shared among them: two workers with two threads each on two cores thrash (seen: 10x slower)
     jobs = min(jobs, len(pairs))
