@@ -43,25 +43,33 @@ TINY = {
 
 
 # The longest tests, about longest first (measured on the 2-core VM, docs/speed.md). `make test` hands tests to its two
-# workers one at a time as each becomes free (`--dist load --maxschedchunk 1`), in this order: these, then the
-# other end-to-end tests, then the unit tests. The long ones start early and the short ones fill the end, so the
-# workers finish together (longest-processing-time-first list scheduling); a name missing here only costs time.
+# workers one at a time as each becomes free (`--dist load --maxschedchunk 1`; each worker starts with two and keeps
+# one queued ahead), in this order: the first two of these (the first worker's start, which also makes the run's one
+# tiny build, ~14 s), the heavier unit tests (EARLY_UNIT: the second worker's start, while that build runs, instead
+# of waiting for it), the rest of these, the other end-to-end tests, then the other unit tests. The long ones start
+# early and the short ones fill the end, so the workers finish together (longest-processing-time-first list
+# scheduling); a name missing here only costs time.
 LONGEST_FIRST = (
     "test_sweep_split_across_two_machines_and_collected_on_a_third",
-    "test_remote_failures_are_one_line_and_a_retry_completes",  # (each worker queues one test ahead: these four
-    "test_two_cold_runs_are_byte_identical",  # pair up as the first two of each worker, ~80 s apiece)
+    "test_remote_failures_are_one_line_and_a_retry_completes",
+    "test_two_cold_runs_are_byte_identical",
     "test_models_split_across_two_machines_and_joined_on_a_third",
     "test_exp_run_metrics_diff_and_plots",
     "test_push_and_pull_give_a_second_clone_identical_artifacts",
     "test_code_change_in_one_stage_reruns_only_it",
 )
+EARLY_UNIT = ("test_sae.py", "test_shared.py", "test_absorption.py", "test_zoo.py", "test_analysis.py")  # ~15 s
 
 
 def pytest_collection_modifyitems(config, items):
     def rank(item):
+        e2e = item.get_closest_marker("e2e") is not None
         if item.originalname in LONGEST_FIRST:
-            return 0, LONGEST_FIRST.index(item.originalname)
-        return (1 if item.get_closest_marker("e2e") else 2), 0
+            i = LONGEST_FIRST.index(item.originalname)
+            return (0 if i < 2 else 2), i
+        if not e2e and item.path.name in EARLY_UNIT:
+            return 1, 0
+        return (3 if e2e else 4), 0
 
     items.sort(key=rank)  # stable: the rest keep pytest's order
 
@@ -91,7 +99,7 @@ def stop_fork_servers(tmp_path_factory):
     yield
     import psutil
 
-    base = str(tmp_path_factory.getbasetemp())
+    base = str(session_root(tmp_path_factory))
     mine = [p for p in psutil.process_iter(["cmdline"])
             if any(a.startswith(base) and a.endswith("forkserver.py") for a in (p.info["cmdline"] or []))]
     for p in mine:
@@ -187,14 +195,42 @@ def make_project(dest: Path, wheel: Path, overrides: dict | None = None) -> tupl
 PRISTINE: dict[Path, dict[str, str]] = {}  # the shared project's files right after its run, by path
 
 
+def session_root(tmp_path_factory) -> Path:
+    """The temp folder of the whole test run: with pytest-xdist, the parent of every worker's own basetemp."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def tiny_build(tmp_path_factory, wheel: Path) -> Path:
+    """The one tiny end-to-end run of the test run: made by whichever worker asks first (the others wait on the
+    lock), then only copied."""
+    import fcntl
+
+    root = session_root(tmp_path_factory) / "tiny-build"
+    root.mkdir(exist_ok=True)
+    with open(root / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "done").exists():
+            dest, env = make_project(root / "proj", wheel)
+            run(["dvc", "repro"], dest, env)
+            run("git add -A && git commit -qm repro", dest, env)
+            (root / "done").touch()
+    return root / "proj"
+
+
 @pytest.fixture(scope="session")
 def tiny_project(tmp_path_factory, mnist_wheel):
-    """A temp repo on which `dvc repro` has run once: the one tiny end-to-end run of the session, shared by every
-    end-to-end test. Tests that only read it take this fixture; tests that change it take ``tiny``."""
-    dest, env = make_project(tmp_path_factory.mktemp("tiny") / "proj", mnist_wheel)
-    run(["dvc", "repro"], dest, env)
-    run("git add -A && git commit -qm repro", dest, env)
+    """A temp repo on which `dvc repro` has run: a copy of the test run's one tiny build (git repo, DVC cache and
+    outputs; not DVC's state in .dvc/tmp, which is keyed by inode), one per worker, shared by every end-to-end test
+    of that worker. Tests that only read it take this fixture; tests that change it take ``tiny``."""
+    build = tiny_build(tmp_path_factory, mnist_wheel)
+    dest = tmp_path_factory.mktemp("tiny") / "proj"
+    shutil.copytree(build, dest, symlinks=True,
+                    ignore=lambda d, names: ["tmp"] if Path(d) == build / ".dvc" else [])
+    env = isolated_env(dest.parent / f".{dest.name}-home")
+    env["SAE_PIPELINE_MNIST_WHEEL"] = str(mnist_wheel)
     assert json.loads(run(["dvc", "status", "--json"], dest, env).stdout) == {}
+    assert run("git status --porcelain", dest, env).stdout == ""
     PRISTINE[dest] = snapshot(dest)
     return dest, env
 
