@@ -23,7 +23,7 @@ repro: install
 	dvc repro $(if $(ONLY),--glob 'analyze@$(ONLY)')
 
 # Two workers on two cores (pytest-xdist), each taking the next test when it is free, the longest first
-# (tests/conftest.py, LONGEST_FIRST); each builds its own tiny project and SSH server once
+# (tests/conftest.py, LONGEST_FIRST); one tiny project built per run and copied to each worker, an SSH server each
 test: install
 	pytest -q -n 2 --dist load --maxschedchunk 1
 

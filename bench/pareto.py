@@ -14,30 +14,36 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-def _rows(node, out, site):
-    """Walk exp show's JSON (commits, experiments, their revs) and collect every run with a summary of ``site``
-    (its SAE params: ``sae`` with the site's own ``sites.<site>.sae`` overrides on top)."""
+def runs(node):
+    """Every run in exp show's JSON (commits, experiments, their revs): (name, rev, data), where data holds the
+    run's "metrics" and "params"; the workspace is named by its rev, "workspace"."""
     if isinstance(node, list):
         for n in node:
-            _rows(n, out, site)
+            yield from runs(n)
     elif isinstance(node, dict):
         data = node.get("data")
         if isinstance(data, dict) and "metrics" in data and "params" in data:
-            summary = (data.get("metrics") or {}).get(f"metrics/sites/{site}/summary.json", {}).get("data")
-            params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
-            if summary and "sae" in params:
-                sae = {**params["sae"], **(((params.get("sites") or {}).get(site) or {}).get("sae") or {})}
-                out.append({"name": node.get("name") or data.get("name") or node.get("rev"),
-                            "rev": data.get("rev", node.get("rev")), "site": site,
-                            "arch": sae["arch"], "target_actives": sae["target_actives"],
-                            "recipe": sae.get("recipe", ""),
-                            "l0_test": summary["achieved_actives_test"], "delta_acc": summary["delta_acc_jumprelu"],
-                            "fvu": summary["fvu"], "kl": summary.get("kl_logits"),
-                            "pred_flip_frac": summary.get("pred_flip_frac"), "dead_frac": summary["dead_frac"],
-                            "dense_frac": summary.get("dense_frac"), "baseline_acc": summary["baseline_acc"]})
+            yield node.get("name") or data.get("name") or node.get("rev"), data.get("rev", node.get("rev")), data
         for v in node.values():
             if isinstance(v, (list, dict)):
-                _rows(v, out, site)
+                yield from runs(v)
+
+
+def _rows(exp_show, out, site):
+    """Every run with a summary of ``site`` (its SAE params: ``sae`` with the site's own ``sites.<site>.sae``
+    overrides on top)."""
+    for name, rev, data in runs(exp_show):
+        summary = (data.get("metrics") or {}).get(f"metrics/sites/{site}/summary.json", {}).get("data")
+        params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
+        if summary and "sae" in params:
+            sae = {**params["sae"], **(((params.get("sites") or {}).get(site) or {}).get("sae") or {})}
+            out.append({"name": name, "rev": rev, "site": site,
+                        "arch": sae["arch"], "target_actives": sae["target_actives"],
+                        "recipe": sae.get("recipe", ""),
+                        "l0_test": summary["achieved_actives_test"], "delta_acc": summary["delta_acc_jumprelu"],
+                        "fvu": summary["fvu"], "kl": summary.get("kl_logits"),
+                        "pred_flip_frac": summary.get("pred_flip_frac"), "dead_frac": summary["dead_frac"],
+                        "dense_frac": summary.get("dense_frac"), "baseline_acc": summary["baseline_acc"]})
 
 
 def table(exp_show: list, prefix: str = "", site: str = "mlp-hidden") -> pd.DataFrame:

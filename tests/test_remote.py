@@ -16,6 +16,9 @@ pytestmark = pytest.mark.e2e  # real DVC on the shared tiny project: `make test-
 
 from conftest import ROOT, run, set_params, snapshot, with_remote
 
+sys.path.insert(0, str(ROOT / "bench"))
+import pareto  # noqa: E402  (its reader of `dvc exp show --json`)
+
 
 
 REMOTE = [sys.executable, str(ROOT / "tools/remote.py")]
@@ -236,20 +239,8 @@ def test_sweep_split_across_two_machines_and_collected_on_a_third(tiny, sshd, re
     assert (c / "docs/pareto.png").stat().st_size > 10_000
     assert not (c / "data/models/vit/base.pt").exists()  # nothing was computed (or even checked out) here
     # each experiment reran the site's SAE and analysis, and left the stages that read every site as they were
-    metrics = {}
-
-    def walk(node):
-        if isinstance(node, dict):
-            if "data" in node and isinstance(node["data"], dict) and "metrics" in node["data"]:
-                metrics[node.get("name") or node.get("rev")] = {k: v.get("data") for k, v in
-                                                                node["data"]["metrics"].items()}
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(json.loads(run(["dvc", "exp", "show", "--json"], c, env_c).stdout))
+    metrics = {name: {k: v.get("data") for k, v in data["metrics"].items()}
+               for name, _rev, data in pareto.runs(json.loads(run(["dvc", "exp", "show", "--json"], c, env_c).stdout))}
     for name in names:
         for key, changed in (("sites/vit-block1/summary", True), ("sites/vit-block1/analysis", True),
                              ("universality", False), ("controls/sites/vit-block1", False)):
