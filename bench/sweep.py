@@ -116,6 +116,11 @@ def main():
     ap.add_argument("--out-png", default="docs/pareto.png")
     ap.add_argument("--out-csv", default="docs/pareto.csv")
     args = ap.parse_args()
+    import yaml
+
+    sites = yaml.safe_load(open("params.yaml"))["sites"]
+    if args.site not in sites:  # before anything is queued (DVC would fail on the unknown stage in every experiment)
+        sys.exit(f"--site {args.site}: not a site of params.yaml (sites: {', '.join(sites)})")
     pareto = [sys.executable, os.path.join(os.path.dirname(__file__), "pareto.py"), "--out-png", args.out_png,
               "--out-csv", args.out_csv, "--site", args.site, "--prefix", f"sweep-{args.site}-"]
     if args.collect:
