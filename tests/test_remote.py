@@ -178,6 +178,16 @@ def test_remote_failures_are_one_line_and_a_retry_completes(tiny, sshd, remote, 
     run(REMOTE + ["pull"], b, env_b)
     assert snapshot(b) == snapshot(a)
 
+    # a short object that an interrupted pull filed in the cache and stopped before checking out (CI once saw the
+    # retry above trust one): the pull hashes the objects of the files the workspace lacks first, so one pull
+    # fetches it whole
+    obj.unlink()
+    obj.write_bytes(whole[: len(whole) // 2])
+    obj.chmod(0o444)  # as DVC leaves what it fetched: an object in that mode is trusted without hashing
+    (b / rel).unlink()
+    run(REMOTE + ["pull"], b, env_b)
+    assert snapshot(b) == snapshot(a)
+
     # a wrong key
     run(["dvc", "remote", "modify", "--local", "storage", "keyfile", str(sshd.wrong_keyfile)], b, env_b)
     fails(["pull"], b, env_b, "the server refused the login")

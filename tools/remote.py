@@ -9,7 +9,8 @@ Connect call failed", a support banner, "N files failed to download"). This runs
 fails, prints the cause it recognises plus the fix, and whether the workspace is complete. After a pull it hashes
 what was checked out and removes any file that came down cut short, with its cache object
 (:func:`remove_cut_short`), so an interrupted pull leaves files missing, never half-written; `dvc status` lists
-them and rerunning the pull fetches only what is missing.
+them and rerunning the pull fetches only what is missing, after hashing the cache objects of those missing files
+and dropping any that came down short (:func:`drop_bad_cache_objects`).
 
 With --run-cache, DVC moves only the run records (`.dvc/cache/runs`), not the outputs they point to: the
 outputs of an experiment that is not checked out, and the `cache: false` metrics and plots of every run, which
@@ -74,8 +75,57 @@ def run_cache_objects(repo) -> set:
     return {obj for objs in repo.stage_cache.get_used_objs(entries).values() for obj in objs}
 
 
+def _out_files(repo):
+    """(workspace path, md5) of every file of every cached output that dvc.lock names, and the .dir objects that
+    are corrupt (their bytes do not hash to their name): a directory's file list is read from that object, so a
+    corrupt one is reported instead of its files."""
+    import os
+
+    from dvc_data.hashfile.hash import file_md5  # DVC's own hash of a file: what dvc.lock names
+
+    files, bad_dirs = [], []
+    for out in repo.index.outs:
+        if not out.use_cache or not out.hash_info or not out.hash_info.value:
+            continue
+        if out.hash_info.isdir:
+            dir_obj = repo.cache.local.oid_to_path(out.hash_info.value)
+            if os.path.isfile(dir_obj) and file_md5(dir_obj) != out.hash_info.value[: -len(".dir")]:
+                bad_dirs.append(dir_obj)
+                continue
+            tree = out.get_obj()
+            files += [] if tree is None else [(os.path.join(out.fs_path, *key), hi.value) for key, _, hi in tree]
+        else:
+            files.append((out.fs_path, out.hash_info.value))
+    return files, bad_dirs
+
+
+def drop_bad_cache_objects() -> int:
+    """Before a pull: cache objects of files missing from the workspace whose bytes do not hash to their name,
+    removed, so that the pull fetches them instead of checking them out.
+
+    A pull that the server dropped mid-transfer can file a file that came down short under the whole file's hash
+    and stop before checking it out (seen in tests/test_remote.py): the workspace is then complete but missing
+    that file, and the rerun would trust the object. Only objects of missing files are hashed (what the rerun
+    would check out), so a pull into a complete workspace hashes nothing."""
+    import os
+
+    from dvc.repo import Repo
+    from dvc_data.hashfile.hash import file_md5
+
+    with Repo() as repo:
+        files, bad = _out_files(repo)
+        for path, md5 in files:
+            obj = repo.cache.local.oid_to_path(md5)
+            if not os.path.exists(path) and os.path.isfile(obj) and file_md5(obj) != md5:
+                bad.append(obj)
+        for obj in bad:
+            os.unlink(obj)
+    return len(bad)
+
+
 def remove_cut_short() -> list[str]:
-    """Workspace outputs whose bytes do not hash to what dvc.lock names, removed with their cache objects.
+    """After a pull: workspace outputs whose bytes do not hash to what dvc.lock names, removed with their cache
+    objects.
 
     Seen in tests/test_remote.py: an SSH server that goes away mid-pull can leave a file that came down short (an
     SFTP read ended by the dropped connection) filed in the cache under the whole file's hash. DVC does not
@@ -86,24 +136,18 @@ def remove_cut_short() -> list[str]:
     import os
 
     from dvc.repo import Repo
-    from dvc_data.hashfile.hash import file_md5  # DVC's own hash of a file: what dvc.lock names
+    from dvc_data.hashfile.hash import file_md5
 
-    bad = []
     with Repo() as repo:
-        for out in repo.index.outs:
-            if not out.use_cache or not out.hash_info or not out.hash_info.value:
-                continue
-            if out.hash_info.isdir:
-                tree = out.get_obj()
-                files = [] if tree is None else [(os.path.join(out.fs_path, *key), hi.value) for key, _, hi in tree]
-            else:
-                files = [(out.fs_path, out.hash_info.value)]
-            bad += [(path, md5) for path, md5 in files if os.path.isfile(path) and file_md5(path) != md5]
+        files, bad_dirs = _out_files(repo)
+        bad = [(path, md5) for path, md5 in files if os.path.isfile(path) and file_md5(path) != md5]
         for path, md5 in bad:
             os.unlink(path)
             obj = repo.cache.local.oid_to_path(md5)
             if os.path.isfile(obj) and file_md5(obj) != md5:
                 os.unlink(obj)
+        for obj in bad_dirs:
+            os.unlink(obj)
     return [os.path.relpath(path) for path, _ in bad]
 
 
@@ -122,6 +166,12 @@ def main() -> int:
     ap.add_argument("-r", "--remote")
     ap.add_argument("--run-cache", action="store_true")
     args = ap.parse_args()
+    if args.action == "pull":
+        try:
+            drop_bad_cache_objects()
+        except Exception as e:  # noqa: BLE001 - one line, like DVC's own failures
+            print(f"error: checking the cache before the pull failed: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
     cmd = ["dvc", args.action] + (["-r", args.remote] if args.remote else []) + (["--run-cache"] if args.run_cache else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     output = proc.stdout + proc.stderr
