@@ -178,13 +178,19 @@ def test_remote_failures_are_one_line_and_a_retry_completes(tiny, sshd, remote, 
     run(REMOTE + ["pull"], b, env_b)
     assert snapshot(b) == snapshot(a)
 
-    # a short object that an interrupted pull filed in the cache and stopped before checking out (CI once saw the
-    # retry above trust one): the pull hashes the objects of the files the workspace lacks first, so one pull
-    # fetches it whole
+    # a short object that a failed pull filed in the cache without checking it out (CI once saw the retry above
+    # trust one): the failed pull hashes the objects of the files the workspace lacks and drops it, so the
+    # rerun fetches it whole
     obj.unlink()
     obj.write_bytes(whole[: len(whole) // 2])
-    obj.chmod(0o444)  # as DVC leaves what it fetched: an object in that mode is trusted without hashing
+    obj.chmod(0o444)  # as DVC leaves what it fetched: an object in that mode is checked out without hashing
     (b / rel).unlink()
+    sshd.stop()
+    try:
+        fails(["pull"], b, env_b, "the remote's server cannot be reached")
+    finally:
+        sshd.start()
+    assert not obj.exists()
     run(REMOTE + ["pull"], b, env_b)
     assert snapshot(b) == snapshot(a)
 

@@ -7,10 +7,9 @@ across machines.
 DVC's own messages for a remote that went away are accurate but scattered ("unexpected error - [Errno 111]
 Connect call failed", a support banner, "N files failed to download"). This runs the same command and, when it
 fails, prints the cause it recognises plus the fix, and whether the workspace is complete. After a pull it hashes
-what was checked out and removes any file that came down cut short, with its cache object
-(:func:`remove_cut_short`), so an interrupted pull leaves files missing, never half-written; `dvc status` lists
-them and rerunning the pull fetches only what is missing, after hashing the cache objects of those missing files
-and dropping any that came down short (:func:`drop_bad_cache_objects`).
+what was checked out and the cache objects of what it did not check out, and removes any file or object that
+came down cut short (:func:`remove_cut_short`), so an interrupted pull leaves files missing, never half-written;
+`dvc status` lists them and rerunning the pull fetches only what is missing.
 
 With --run-cache, DVC moves only the run records (`.dvc/cache/runs`), not the outputs they point to: the
 outputs of an experiment that is not checked out, and the `cache: false` metrics and plots of every run, which
@@ -99,54 +98,35 @@ def _out_files(repo):
     return files, bad_dirs
 
 
-def drop_bad_cache_objects() -> int:
-    """Before a pull: cache objects of files missing from the workspace whose bytes do not hash to their name,
-    removed, so that the pull fetches them instead of checking them out.
+def remove_cut_short() -> list[str]:
+    """After a pull: workspace outputs whose bytes do not hash to what dvc.lock names, removed with their cache
+    objects, and the cache objects of outputs missing from the workspace that do not hash to their name, removed.
 
-    A pull that the server dropped mid-transfer can file a file that came down short under the whole file's hash
-    and stop before checking it out (seen in tests/test_remote.py): the workspace is then complete but missing
-    that file, and the rerun would trust the object. Only objects of missing files are hashed (what the rerun
-    would check out), so a pull into a complete workspace hashes nothing."""
+    Seen in tests/test_remote.py: an SSH server that goes away mid-pull can leave a file that came down short (an
+    SFTP read ended by the dropped connection) filed in the cache under the whole file's hash, read-only, as DVC
+    leaves what it fetched. DVC does not re-hash what it downloads (`verify` is off by default, and even on it
+    checks only what the next pull downloads, not what is already in the cache) nor a read-only object it checks
+    out, so a rerun trusts it: dvc#10498, dvc#9641. Hashing what was checked out finds such files; hashing the
+    objects of what was not (a pull that failed before checking them out, as in a CI run) finds the rest; removing
+    them makes the next pull fetch them again. A pull into a complete workspace hashes only what it checked out."""
     import os
 
     from dvc.repo import Repo
     from dvc_data.hashfile.hash import file_md5
 
     with Repo() as repo:
-        files, bad = _out_files(repo)
+        files, bad_objs = _out_files(repo)
+        bad = [(path, md5) for path, md5 in files if os.path.isfile(path) and file_md5(path) != md5]
         for path, md5 in files:
             obj = repo.cache.local.oid_to_path(md5)
             if not os.path.exists(path) and os.path.isfile(obj) and file_md5(obj) != md5:
-                bad.append(obj)
-        for obj in bad:
-            os.unlink(obj)
-    return len(bad)
-
-
-def remove_cut_short() -> list[str]:
-    """After a pull: workspace outputs whose bytes do not hash to what dvc.lock names, removed with their cache
-    objects.
-
-    Seen in tests/test_remote.py: an SSH server that goes away mid-pull can leave a file that came down short (an
-    SFTP read ended by the dropped connection) filed in the cache under the whole file's hash. DVC does not
-    re-hash what it downloads (`verify` is off by default, and even on it checks only what the next pull
-    downloads, not what is already in the cache), so the rerun trusts it and checks it out: dvc#10498, dvc#9641.
-    Hashing what was checked out finds such files; removing them and their objects makes the next pull fetch
-    them again."""
-    import os
-
-    from dvc.repo import Repo
-    from dvc_data.hashfile.hash import file_md5
-
-    with Repo() as repo:
-        files, bad_dirs = _out_files(repo)
-        bad = [(path, md5) for path, md5 in files if os.path.isfile(path) and file_md5(path) != md5]
+                bad_objs.append(obj)
         for path, md5 in bad:
             os.unlink(path)
             obj = repo.cache.local.oid_to_path(md5)
             if os.path.isfile(obj) and file_md5(obj) != md5:
                 os.unlink(obj)
-        for obj in bad_dirs:
+        for obj in bad_objs:
             os.unlink(obj)
     return [os.path.relpath(path) for path, _ in bad]
 
@@ -166,12 +146,6 @@ def main() -> int:
     ap.add_argument("-r", "--remote")
     ap.add_argument("--run-cache", action="store_true")
     args = ap.parse_args()
-    if args.action == "pull":
-        try:
-            drop_bad_cache_objects()
-        except Exception as e:  # noqa: BLE001 - one line, like DVC's own failures
-            print(f"error: checking the cache before the pull failed: {type(e).__name__}: {e}", file=sys.stderr)
-            return 1
     cmd = ["dvc", args.action] + (["-r", args.remote] if args.remote else []) + (["--run-cache"] if args.run_cache else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     output = proc.stdout + proc.stderr
