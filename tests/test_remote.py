@@ -122,15 +122,33 @@ def test_remote_failures_are_one_line_and_a_retry_completes(tiny, sshd, remote, 
         assert proc.returncode == 1 and len(lines) == 1 and expect in lines[0], proc.stderr + proc.stdout
         return lines[0]
 
+    # a short object that a failed pull filed in the cache without checking it out (CI once saw the retry of the
+    # interrupted pull below trust one), read-only as DVC leaves what it fetched, which DVC then checks out
+    # without hashing: the failed pull hashes the objects of the files the workspace lacks and drops it
+    def cached(rel):  # the object of a file in b's cache and in the remote
+        md5 = __import__("hashlib").md5((a / rel).read_bytes()).hexdigest()
+        return (root / "files/md5" / md5[:2] / md5[2:] for root in (b / ".dvc/cache", remote))
+
+    # CI's case: the file in a folder output (data/shared/model), whose listing (the .dir object) came down whole
+    lock = __import__("yaml").safe_load((a / "dvc.lock").read_text())
+    listing = next(o["md5"] for o in lock["stages"]["shared_dictionary"]["outs"] if o["path"] == "data/shared/model")
+    planted, _ = cached("data/shared/model/shared.pt")
+    for obj, data in ((b / ".dvc/cache/files/md5" / listing[:2] / listing[2:],
+                       (a / ".dvc/cache/files/md5" / listing[:2] / listing[2:]).read_bytes()), (planted, b"short")):
+        obj.parent.mkdir(parents=True, exist_ok=True)
+        obj.write_bytes(data)
+        obj.chmod(0o444)
+
     # the server is down: pull fails, says so, and the workspace is reported incomplete (nothing half-pulled)
     sshd.stop()
     try:
         line = fails(["pull"], b, env_b, "the remote's server cannot be reached")
-        assert "the workspace is incomplete" in line
+        assert "the workspace is incomplete" in line and not planted.exists(), line
         fails(["push"], a, env_a, "the remote's server cannot be reached")
     finally:
         sshd.start()
     assert json.loads(run(["dvc", "status", "--json"], b, env_b).stdout) != {}
+    shutil.rmtree(b / ".dvc/cache")  # (what was planted above: the next pull's first object signals it started)
 
     # the server goes away in the middle of a pull: whatever is in the workspace is complete, the rest is
     # missing and `dvc status` says so; the retry fetches the rest
@@ -164,8 +182,7 @@ def test_remote_failures_are_one_line_and_a_retry_completes(tiny, sshd, remote, 
     # checked out, removes the file and its cache object and says to rerun; the rerun fetches it whole
     # (the remote's copy is truncated for one transfer: what arrives is what a cut-off read leaves)
     rel = "data/sae/mlp-hidden/saelens/cfg.json"
-    md5 = __import__("hashlib").md5((a / rel).read_bytes()).hexdigest()
-    obj, remote_obj = (root / "files/md5" / md5[:2] / md5[2:] for root in (b / ".dvc/cache", remote))
+    obj, remote_obj = cached(rel)
     obj.unlink()
     (b / rel).unlink()
     whole = remote_obj.read_bytes()
@@ -175,22 +192,6 @@ def test_remote_failures_are_one_line_and_a_retry_completes(tiny, sshd, remote, 
         assert rel in line and not (b / rel).exists() and not obj.exists(), line
     finally:
         remote_obj.write_bytes(whole)  # the module's remote, whole again for the tests after this one
-    run(REMOTE + ["pull"], b, env_b)
-    assert snapshot(b) == snapshot(a)
-
-    # a short object that a failed pull filed in the cache without checking it out (CI once saw the retry above
-    # trust one): the failed pull hashes the objects of the files the workspace lacks and drops it, so the
-    # rerun fetches it whole
-    obj.unlink()
-    obj.write_bytes(whole[: len(whole) // 2])
-    obj.chmod(0o444)  # as DVC leaves what it fetched: an object in that mode is checked out without hashing
-    (b / rel).unlink()
-    sshd.stop()
-    try:
-        fails(["pull"], b, env_b, "the remote's server cannot be reached")
-    finally:
-        sshd.start()
-    assert not obj.exists()
     run(REMOTE + ["pull"], b, env_b)
     assert snapshot(b) == snapshot(a)
 
