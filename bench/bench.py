@@ -41,8 +41,10 @@ def sh(cmd, cwd, check=True):
     return proc
 
 
-def timed(cmd, cwd):
-    """Wall time of a command, and per-stage wall time from when each 'Running stage' line appears."""
+def timed(cmd, cwd, check=True):
+    """Wall time of a command, and per-stage wall time from when each 'Running stage' line appears. A failure
+    stops the bench, or with ``check=False`` (the test suites: a flaky test of the reference still timed its
+    whole suite) is printed and its time kept; the third value says whether it passed."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "TQDM_DISABLE": "1"})
@@ -53,11 +55,13 @@ def timed(cmd, cwd):
         if m:
             marks.append((m.group(1), time.perf_counter()))
     if proc.wait() != 0:
-        sys.exit(f"`{cmd}` failed in {cwd}:\n{''.join(tail)}")
+        if check:
+            sys.exit(f"`{cmd}` failed in {cwd}:\n{''.join(tail)}")
+        print(f"`{cmd}` failed in {cwd} (its time is kept, marked failed):\n{''.join(tail)}", flush=True)
     end = time.perf_counter()
     stages = {name: round((marks[i + 1][1] if i + 1 < len(marks) else end) - t, 2) for i, (name, t) in
               enumerate(marks)}
-    return round(end - t0, 2), stages
+    return round(end - t0, 2), stages, proc.returncode == 0
 
 
 def clone(rev, dest):
@@ -70,7 +74,9 @@ def one_round(path: Path, tests: bool, dag: bool = True, targets: str = "") -> d
     if dag:
         out.update(dag_round(path, targets))
     if tests:
-        out["test_s"], _ = timed(test_command(path), path)
+        out["test_s"], _, passed = timed(test_command(path), path, check=False)
+        if not passed:
+            out["test_failed"] = True
     return out
 
 
@@ -78,10 +84,11 @@ def dag_round(path: Path, targets: str = "") -> dict:
     """``targets``: the stages every command is limited to, with what is upstream of them (`dvc repro -f` forces
     those too); e.g. ``analyze@mlp-hidden``: the MLP-only subset."""
     out = {}
-    out["cold_repro_s"], out["cold_stage_s"] = timed(f"dvc repro -f {targets}", path)
-    out["noop_repro_s"], _ = timed(f"dvc repro {targets}", path)
+    out["cold_repro_s"], out["cold_stage_s"], _ = timed(f"dvc repro -f {targets}", path)
+    out["noop_repro_s"], _, _ = timed(f"dvc repro {targets}", path)
     shutil.rmtree(path / ".dvc/cache/runs", ignore_errors=True)  # a first run of the experiment, not a restore
-    out["tau_experiment_s"], out["tau_experiment_stage_s"] = timed(f"dvc exp run -S sae.tau=0.05 {targets}", path)
+    out["tau_experiment_s"], out["tau_experiment_stage_s"], _ = timed(f"dvc exp run -S sae.tau=0.05 {targets}",
+                                                                       path)
     sh(RESET, path)
     return out
 
@@ -140,6 +147,9 @@ def side_by_side(ref: str, rounds: int, tests: bool, dag: bool = True, head_only
         h, f = median_of(runs["head"], key), median_of(runs["ref"], key)
         if h is not None:
             summary[key] = {"head": h, "ref": f, "ratio": round(h / f, 3)}
+    failed = {name: sum(r.get("test_failed", False) for r in rs) for name, rs in runs.items()}
+    if any(failed.values()):  # the suites' runs that failed a test: timed all the same, and said so
+        summary["test_s"]["failed_runs"] = failed
     return {"ref": ref, "rounds": rounds, "head_only": head_only, "head_targets": head_targets, "summary": summary,
             "runs": runs}
 
@@ -245,7 +255,8 @@ def main():
         results["throughput"] = json.loads(out.strip().splitlines()[-1])
     print(f"{'':22s} {'HEAD':>9s} {args.ref:>9s} {'ratio':>7s}   (medians of {args.rounds} alternating rounds)")
     for key, v in results["summary"].items():
-        print(f"{key:22s} {v['head']:9.2f} {v['ref']:9.2f} {v['ratio']:7.3f}")
+        print(f"{key:22s} {v['head']:9.2f} {v['ref']:9.2f} {v['ratio']:7.3f}"
+              + (f"   (runs that failed a test: {v['failed_runs']})" if "failed_runs" in v else ""))
     for name in ("head", "ref"):
         stages = {}
         for r in results["runs"][name]:
