@@ -105,3 +105,52 @@ def test_the_tests_dvc_runs_in_a_fork_of_the_dvc_server_and_its_stages_hand_off_
     run("git init -q && dvc init -q && dvc repro -q", cwd, env)
     assert int((cwd / "dvc_parent").read_text()) == dvc_server.pid
     assert json.loads((cwd / "probe.json").read_text()) == {"torch_loaded": True}
+
+
+def test_a_stage_that_reaches_a_server_as_it_exits_tries_again(project, tmp_path):
+    """A server that has been idle for IDLE_S exits; a stage that connected just before that is left queued on the
+    closing socket and gets its connection closed before any fork (seen once in a `make test`: the probe above ran
+    in its own process). Nothing ran, so the stage tries again and reaches the next server. Here the exiting server
+    is played by this test: it takes the stage's connection, gives the address to a real server, and only then
+    closes that connection."""
+    import socket
+
+    cwd, env = project
+    address = f"sae-pipeline-test-{os.getpid()}-{tmp_path.name}"
+    (cwd / "stages/stage.py").write_text(
+        "import json, os, sys\nfrom sae_pipeline.forkserver import handoff\nhandoff('\\0' + os.environ['ADDR'])\n"
+        "print(json.dumps({'numpy_loaded': 'numpy' in sys.modules, 'pid': os.getpid()}), flush=True)\n")
+    old = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old.bind("\0" + address)
+    old.listen(1)
+    stage = subprocess.Popen([sys.executable, "stages/stage.py"], cwd=cwd, env={**env, "ADDR": address},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server = None
+    try:
+        old.settimeout(60)
+        conn, _ = old.accept()
+        old.close()  # the address is free: a new server binds it
+        server = subprocess.Popen([sys.executable, str(ROOT / "src/sae_pipeline/forkserver.py"), "serve", address,
+                                   "numpy"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while True:  # until the new server accepts (a connection that sends nothing: it closes it, forks nothing)
+            probe_conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe_conn.connect("\0" + address)
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "the server did not start"
+                time.sleep(0.05)
+            finally:
+                probe_conn.close()
+        conn.close()  # the exiting server's last act: the stage's first connection closes, before any fork
+        out, err = stage.communicate(timeout=120)
+        assert stage.returncode == 0, err
+        got = json.loads(out)
+        assert got["numpy_loaded"] and got["pid"] != stage.pid, got  # it ran in a fork of the new server
+    finally:
+        if stage.poll() is None:
+            stage.kill()
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=10)

@@ -97,19 +97,28 @@ def handoff(address: str | None = None) -> None:
         return
     if not sys.platform.startswith("linux") or not hasattr(socket, "SCM_RIGHTS"):
         return
-    try:
-        sock = _connect(_address(_key())) if address is None else _connect_to(address)
-    except OSError:
-        return
-    request = {"argv": sys.argv, "cwd": os.getcwd(), "env": dict(os.environ),
-               "script": os.path.abspath(sys.argv[0])}
-    try:
-        _send(sock, json.dumps(request).encode(), [0, 1, 2])
-        reader = sock.makefile("r")
-        first = reader.readline()
-    except OSError:
-        return
-    if not first.startswith("pid "):  # the server went away before it forked: run here instead
+    own = _address(_key()) if address is None else None
+    request = json.dumps({"argv": sys.argv, "cwd": os.getcwd(), "env": dict(os.environ),
+                          "script": os.path.abspath(sys.argv[0])}).encode()
+    for _ in range(3):
+        try:
+            sock = _connect(own) if own else _connect_to(address)
+        except OSError:
+            return
+        try:
+            _send(sock, request, [0, 1, 2])
+            reader = sock.makefile("r")
+            first = reader.readline()
+        except OSError:
+            first = ""
+        if first.startswith("pid "):
+            break
+        # The server closed the connection before it forked: it was exiting (idle for IDLE_S) as this stage
+        # connected, which left it queued on the closing socket. Nothing ran, so try again (a new server starts)
+        # and run here only if that fails too.
+        sock.close()
+        time.sleep(0.05)
+    else:
         return
     pid = int(first.split()[1])
 
@@ -195,6 +204,7 @@ def serve(address: str, preload: tuple[str, ...] = PRELOAD) -> None:
                 conn.close()
                 idle_since = time.monotonic()
         if not children and time.monotonic() - idle_since > IDLE_S:
+            listener.close()  # at once: a stage that connects from now on starts a new server
             return
         try:
             conn, _ = listener.accept()
