@@ -1,19 +1,32 @@
-"""Stage check_params: validate the whole params file before any other stage runs.
+"""Stage check_params: validate the whole params file before any other stage runs, and write each site's resolved
+SAE settings.
 
 DVC deletes a stage's outputs before it runs the stage, so a bad value caught inside a stage has already cost that
 stage's outputs. Every stage depends on this stage's output, so DVC runs this one first; it reads only params.yaml
-(no torch, ~0.2 s) and fails with one line naming the key. Its output never changes (``params: valid``), so passing
-the check reruns nothing downstream; and it is ``persist`` in dvc.yaml, so a failed check does not delete it.
+(no torch, ~0.2 s) and fails with one line naming the key. Its marker never changes (``params: valid``), so passing
+the check reruns nothing downstream; and its outputs are ``persist`` in dvc.yaml, so a failed check deletes neither.
+
+``--site-params``: one YAML file per site (``config.site_params``): the effective settings of the site's SAE and
+of its ceiling and floor SAEs, which train_sae and control_sae read and DVC tracks per key.
 """
-from sae_pipeline.config import check_params_file
-from sae_pipeline.io import write_text
+import yaml
+
+from sae_pipeline.config import check_params_file, site_params
+from sae_pipeline.io import atomic_dir, write_text
 from sae_pipeline.runtime import run_stage
+
+HEADER = ("# Written by check_params from params.yaml (sae: with sites.{site}.sae on top; the control SAEs with\n"
+          "# controls.sae, the floor's with sites.{site}.floor_sae last). Edit params.yaml, not this file.\n")
 
 
 def main(args):
-    check_params_file(args.params)
+    cfg = check_params_file(args.params)
+    with atomic_dir(args.site_params) as tmp:
+        for site in cfg["sites"]:
+            text = yaml.safe_dump(site_params(cfg, site), sort_keys=False, default_flow_style=None, width=120)
+            (tmp / f"{site}.yaml").write_text(HEADER.format(site=site) + text)
     write_text(args.out, "params: valid\n")
 
 
 if __name__ == "__main__":
-    run_stage(main, "out")
+    run_stage(main, "out", "site-params")

@@ -1,9 +1,10 @@
 """Stage control_sae (one per site): SAEs at the site of the floor and ceiling models (``controls``), by the
-site's recipe with ``controls.sae`` on top (``fit.fit_sae``, as train_sae), exported like the site's own.
+site's recipe with ``controls.sae`` on top (check_params's ``data/site_params/<site>.yaml``; ``fit.fit_sae``, as
+train_sae), exported like the site's own.
 With one site in all: empty outputs, no torch import (as control_base)."""
 import os
 
-from sae_pipeline.config import load_all, read_params, site_sae
+from sae_pipeline.config import current_site_sae, load_all, read_params
 from sae_pipeline.forkserver import handoff
 from sae_pipeline.io import atomic_dir, save_json
 from sae_pipeline.runtime import no_pair_to_compare, run_stage
@@ -24,6 +25,7 @@ def main(args):
     from sae_pipeline.io import load_npz, load_torch
     from sae_pipeline.runtime import setup_torch
 
+    sae_cfgs = {kind: current_site_sae(cfg, args.site_params, args.site, kind) for kind in KINDS}
     device = setup_torch(cfg["run"].device)
     site_cfg = cfg["sites"][args.site]
     card = base.load_card(args.base_card)
@@ -35,7 +37,7 @@ def main(args):
             acts = load_acts(load_npz(os.path.join(args.controls, f"{kind}_acts.npz")), site_cfg.site,
                              cfg["activations"])
             site = base.load_site(load_torch(os.path.join(args.controls, f"{kind}.pt")), card, site_cfg.site)
-            res = fit_sae(site_sae(cfg, args.site, control=kind), acts, site, x, torch.from_numpy(data["y_test"]),
+            res = fit_sae(sae_cfgs[kind], acts, site, x, torch.from_numpy(data["y_test"]),
                           cfg["controls"].seed, device)
             summary = {"model": card["name"], "hook": site_cfg.site, "d_in": site.width, "control": kind,
                        **res.summary}
@@ -47,4 +49,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    run_stage(main, "site", "controls", "base-card", "data", "out", "metrics")
+    run_stage(main, "site", "site-params", "controls", "base-card", "data", "out", "metrics")

@@ -8,7 +8,7 @@ import torch
 
 from sae_pipeline import base
 from sae_pipeline.activations import load_acts
-from sae_pipeline.config import load_all, read_params, site_sae
+from sae_pipeline.config import current_site_sae, load_all, read_params
 from sae_pipeline.export import export
 from sae_pipeline.fit import fit_sae
 from sae_pipeline.io import load_npz, load_torch, save_csv, save_json, save_torch
@@ -18,6 +18,7 @@ from sae_pipeline.sae import sae_state
 
 def main(args):
     cfg = load_all(read_params(args.params))
+    sae_cfg = current_site_sae(cfg, args.site_params, args.site)
     device = setup_torch(cfg["run"].device)
     site_cfg = cfg["sites"][args.site]
     acts = load_acts(load_npz(args.acts), site_cfg.site, cfg["activations"])
@@ -25,8 +26,7 @@ def main(args):
     site = base.load_site(load_torch(args.base_model), card, site_cfg.site)
     data = load_npz(args.data)
     x = {s: base.preprocess(data[f"x_{s}"], card["input_mean"], card["input_std"]) for s in ("train", "test")}
-    res = fit_sae(site_sae(cfg, args.site), acts, site, x, torch.from_numpy(data["y_test"]), cfg["run"].seed,
-                  device)
+    res = fit_sae(sae_cfg, acts, site, x, torch.from_numpy(data["y_test"]), cfg["run"].seed, device)
     summary = {"model": card["name"], "hook": site_cfg.site, "d_in": site.width, **res.summary}
     save_torch(args.sae, sae_state(res.sae))
     export(res.sae, acts.shift, acts.scale, args.export, summary, card["name"], site_cfg.site)
@@ -43,5 +43,5 @@ def main(args):
 
 
 if __name__ == "__main__":
-    run_stage(main, "site", "acts", "base-model", "base-card", "data", "sae", "export", "calibration", "calibration-plot",
-              "train-metrics", "curve", "tuning", "metrics")
+    run_stage(main, "site", "site-params", "acts", "base-model", "base-card", "data", "sae", "export", "calibration",
+              "calibration-plot", "train-metrics", "curve", "tuning", "metrics")

@@ -187,6 +187,13 @@ INVALIDATION = [
     ({"sites": {"mlp-hidden": {"model": "mlp", "site": "hidden", "sae": {"latents": 32}},
                 "vit-block1": {"model": "vit", "site": "block1"}}},
      ["train_sae@mlp-hidden", "control_sae@mlp-hidden", "index", "universality", "shared_dictionary"]),
+    # a site that sets its own tau keeps it under a new sae.tau: its SAE side does not rerun (data/site_params)
+    ({"sae": {"tau": 0.05}, "sites": {"mlp-hidden": {"model": "mlp", "site": "hidden"},
+                                      "vit-block1": {"model": "vit", "site": "block1", "sae": {"tau": 0.2}}}},
+     ["train_sae@mlp-hidden", "control_sae@mlp-hidden", "index", "universality", "shared_dictionary"]),
+    ({"sites": {"mlp-hidden": {"model": "mlp", "site": "hidden", "floor_sae": {"lambda_init": 0.5}},
+                "vit-block1": {"model": "vit", "site": "block1"}}},
+     ["control_sae@mlp-hidden", "index", "universality", "shared_dictionary"]),
     ({"shared": {"k": 4}}, ["shared_dictionary"]),
     ({"controls": {"sae": {"epochs": 3}}}, every("control_sae")),
     ({"controls": {"seed": 2}}, every("control_base") + every("control_sae")),
@@ -200,12 +207,16 @@ INVALIDATION = [
 
 @pytest.mark.parametrize("change,expected", INVALIDATION, ids=lambda v: str(v)[:30])
 def test_param_change_invalidates_exactly(tiny_project, change, expected):
+    """What an edit of params.yaml reruns, as `dvc status` sees it once check_params has written the sites' resolved
+    SAE settings (data/site_params, which train_sae and control_sae track), as `dvc repro` runs it first."""
     dest, env = tiny_project
     set_params(dest / "params.yaml", change)
     try:
+        run("PYTHONPATH=src python stages/check_params.py --params params.yaml --out data/params.ok "
+            "--site-params data/site_params", dest, env)
         status = json.loads(run(["dvc", "status", "--json"], dest, env).stdout)
-    finally:  # nothing ran: params.yaml is all there is to restore
-        run("git checkout -q params.yaml", dest, env)
+    finally:  # no DVC stage ran: the params and what check_params wrote are all there is to restore
+        run("git checkout -q params.yaml data/params.ok data/site_params", dest, env)
     assert sorted(status) == sorted(["check_params", *expected]), status
 
 
@@ -333,6 +344,25 @@ def test_corrupt_input_is_one_line_and_its_remedy_restores_every_output(tiny, na
     assert run("git status --porcelain", dest, env).stdout == ""
 
 
+def test_a_stage_run_alone_after_a_params_edit_is_one_line_and_its_remedy_restores_every_output(tiny):
+    """`dvc repro -s` runs one stage without check_params: a site's SAE stage whose resolved settings
+    (data/site_params) are older than params.yaml refuses in one line instead of training on the old ones; DVC has
+    already removed its outputs, and the remedy the line gives (check_params, then the stage on the new settings)
+    makes every output of the edited params and leaves `dvc status` clean."""
+    dest, env = tiny
+    set_params(dest / "params.yaml", {"sae": {"tau": 0.15}})
+    for stage in ("train_sae@mlp-hidden", "control_sae@vit-block1"):
+        proc = run(["dvc", "repro", "-s", "-f", stage], dest, env, check=False)
+        out = proc.stderr + proc.stdout
+        assert proc.returncode != 0 and "Traceback" not in out, out
+        line = next(ln for ln in out.splitlines() if ln.startswith("error: data/site_params/"))
+        assert "is older than params.yaml" in line, line
+    assert not (dest / "metrics/sites/mlp-hidden/summary.json").exists()  # DVC removed it before the stage ran
+    run(re.search(r"Run `([^`]+)`", line).group(1), dest, env)
+    assert json.loads((dest / "metrics/sites/mlp-hidden/summary.json").read_text())["tau"] == 0.15
+    assert json.loads(run(["dvc", "status", "--json"], dest, env).stdout) == {}
+
+
 def test_valid_json_missing_a_key_is_one_line(tiny):
     """A model card that parses but lacks a key (edited by hand, or written by another version): the stage that
     reads it names the file and the key in one line, not a KeyError traceback."""
@@ -368,6 +398,7 @@ def test_unwritable_output_is_one_line(tmp_path):
 def test_sigkill_mid_training_leaves_no_partial_output(tiny):
     dest, env = tiny
     set_params(dest / "params.yaml", {"sae": {"epochs": 20000}})
+    run(["dvc", "repro", "-s", "check_params"], dest, env)  # the site's settings (data/site_params) follow the edit
     proc = subprocess.Popen(["dvc", "repro", "-s", "-f", "train_sae@mlp-hidden"], cwd=dest, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     for line in proc.stdout:  # DVC's start-up

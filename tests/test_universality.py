@@ -118,7 +118,8 @@ def test_one_site_writes_empty_outputs_without_loading_anything(tmp_path):
     # the floor and ceiling models and their SAEs: nothing to compare them with either
     stage("control_base", "--name", "mlp", "--data", none, "--card", none, "--out", str(out / "cb"),
           "--metrics", str(out / "cb.json"))
-    stage("control_sae", "--site", "mlp-hidden", "--controls", none, "--base-card", none, "--data", none,
+    stage("control_sae", "--site", "mlp-hidden", "--site-params", none, "--controls", none, "--base-card", none,
+          "--data", none,
           "--out", str(out / "cs"), "--metrics", str(out / "cs.json"))
     assert all("skipped" in json.loads((out / f).read_text()) for f in ("cb.json", "cs.json"))
 

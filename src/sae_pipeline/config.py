@@ -15,7 +15,12 @@ import yaml
 
 
 class ConfigError(ValueError):
-    """A bad value in params.yaml. The message names the key, the value and what is allowed."""
+    """A bad value in params.yaml (or in ``source``, a file made from it). The message names the key, the value and
+    what is allowed."""
+
+    def __init__(self, message: str, source: str | Path | None = None):
+        super().__init__(message)
+        self.source = source
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -519,6 +524,61 @@ def load_all(params: dict[str, Any]) -> dict[str, Any]:
         _check(m.batch_size <= limit - cfg["data"].val_size, f"models.{name}.batch_size", m.batch_size,
                f"<= the training split ({limit - cfg['data'].val_size} images)")
     return cfg
+
+
+# The three SAEs of a site, by the key each has in the site's resolved params file (``site_params``): its own
+# (train_sae) and those of its ceiling and floor models (control_sae; "ceiling"/"floor" are controls.KINDS).
+SITE_SAES = {"sae": "", "ceiling_sae": "ceiling", "floor_sae": "floor"}
+
+
+def site_params(cfg: dict[str, Any], site: str) -> dict[str, dict]:
+    """What check_params writes to ``data/site_params/<site>.yaml``: the site's effective settings of each of its
+    SAEs (``site_sae``), every key spelled out. train_sae and control_sae read their SAE settings from that file and
+    DVC tracks them there per key, so an edit reruns a site's SAE side only when it changes that site's effective
+    settings: ``-S sae.tau=...`` leaves a site that sets its own ``tau`` alone (DVC's params on ``params.yaml`` could
+    not say "sae.tau unless the site overrides it")."""
+    return {key: _plain(site_sae(cfg, site, control)) for key, control in SITE_SAES.items()}
+
+
+def _plain(section: Section) -> dict[str, Any]:
+    # lists copied: YAML would write one list shared by two sections as an anchor and an alias
+    return {f.name: (list(v) if isinstance(v := getattr(section, f.name), list) else v) for f in fields(section)}
+
+
+def load_site_sae(path: str | Path, key: str = "sae") -> "SAEConfig":
+    """One SAE's settings from a site's resolved params file (``site_params``), validated again."""
+    remedy = "check_params writes it from params.yaml: run `dvc repro check_params`"
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"it cannot be read ({e.strerror}); {remedy}", path)
+    except yaml.YAMLError:
+        raise ConfigError(f"it is not valid YAML; {remedy}", path)
+    if not isinstance(raw, dict) or not isinstance(raw.get(key), dict):
+        raise ConfigError(f"it has no {key} section; {remedy}", path)
+    missing = [f.name for f in fields(SAEConfig) if f.name not in raw[key]]
+    if missing:  # a default filled in here would be a setting DVC does not see
+        raise ConfigError(f"{key}.{missing[0]} is missing; {remedy}", path)
+    try:
+        return load_section({"sae": raw[key]}, "sae")
+    except ConfigError as e:
+        raise ConfigError(f"{key} section: {e} ({remedy})", path) from None
+
+
+def current_site_sae(cfg: dict[str, Any], path: str | Path, site: str, control: str = "") -> "SAEConfig":
+    """The settings a site's SAE stage trains with: read from its resolved file (what DVC tracked for the stage),
+    and checked equal to what ``params.yaml`` (``cfg``) gives now. They differ only when check_params has not run
+    since an edit (a stage run alone, ``dvc repro -s``): then a one-line StageError, not a run on old settings."""
+    key = next(k for k, c in SITE_SAES.items() if c == control)
+    sae = load_site_sae(path, key)
+    if sae != site_sae(cfg, site, control):
+        from .runtime import StageError
+
+        raise StageError(f"{path} ({key}) is older than params.yaml: check_params has not run since params.yaml was "
+                         "edited (`dvc repro -s` runs one stage alone). Run `dvc repro`: check_params rewrites it, "
+                         "then this stage runs with the new settings and restores every output a failed run removed")
+    return sae
 
 
 def site_sae(cfg: dict[str, Any], site: str, control: str = "") -> "SAEConfig":

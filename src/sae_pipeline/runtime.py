@@ -77,7 +77,7 @@ def run_stage(main: Callable[[argparse.Namespace], None], *args: str) -> None:
     try:
         main(ns)
     except ConfigError as e:
-        print(f"error: bad parameter in {ns.params}: {e}", file=sys.stderr)
+        print(f"error: bad parameter in {e.source or ns.params}: {e}", file=sys.stderr)
         sys.exit(2)
     except StageError as e:
         print(f"error: {e}", file=sys.stderr)
