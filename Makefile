@@ -5,9 +5,8 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 # `make exps`: the experiment table without the noise (metric columns are `file:key` when several sites' files
 # share a key, so the patterns match the key after the colon) (dependency hashes, per-class accuracies, the baselines'
-# and hypotheses' internals, and each site's resolved SAE settings in data/site_params, which repeat params.yaml's):
-# with --only-changed, what is left are the params and key metrics that differ.
-EXP_DROP := ^params\.yaml$$|^data/site_params/|^(data|src|stages|metrics|plots)/[^:]*$$|^(rev|typ|parent)$$|^(.*:)?(per_class_test_acc|hypotheses\.|selection_on_val\.|(random|neurons|neurons_p90|pca|dense_probe)\.|sae\.absorption\.(per_digit|main_silent_rate_mean|main_latents_mean)|sae\.(n_units|n_counted|firing_rate_mean|purity_median|classes_covered|top100_purity_mean|probe\.(2|5|10)\.|probe\.1\.f1)|(Executor|note|explained_variance|cosine_sim|acc_recovered|final_train_loss|final_loss|steps|knob|value|l0_val|l0_val_after|fvu_val|converged|split|min_count|high_purity|n_latents|n_live|n_features|select|selected_firing_rate_mean|selected_share_high_grade|model|hook|d_in)$$)
+# and hypotheses' internals): with --only-changed, what is left are the params and key metrics that differ.
+EXP_DROP := ^params\.yaml$$|^(data|src|stages|metrics|plots)/[^:]*$$|^(rev|typ|parent)$$|^(.*:)?(per_class_test_acc|hypotheses\.|selection_on_val\.|(random|neurons|neurons_p90|pca|dense_probe)\.|sae\.absorption\.(per_digit|main_silent_rate_mean|main_latents_mean)|sae\.(n_units|n_counted|firing_rate_mean|purity_median|classes_covered|top100_purity_mean|probe\.(2|5|10)\.|probe\.1\.f1)|(Executor|note|explained_variance|cosine_sim|acc_recovered|final_train_loss|final_loss|steps|knob|value|l0_val|l0_val_after|fvu_val|converged|split|min_count|high_purity|n_latents|n_live|n_features|select|selected_firing_rate_mean|selected_share_high_grade|model|hook|d_in)$$)
 
 .PHONY: install repro test test-fast sweep bench exps baseline reset push pull clean-venv
 

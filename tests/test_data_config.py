@@ -130,16 +130,17 @@ def test_defaults_are_valid_and_a_site_override_applies_to_its_site_only():
 
 
 def test_check_params_writes_each_sites_effective_sae_settings_and_the_stages_read_them_back(tmp_path):
-    """data/site_params/<site>.yaml (what train_sae and control_sae read and DVC tracks per key): every key of each of
-    the site's three SAEs spelled out, overrides applied, read back equal to ``site_sae``; the committed files are
-    what check_params writes from the committed params.yaml."""
+    """data/site_params/<site>/<stage>.yaml (what train_sae and control_sae read and depend on): every key of each
+    SAE spelled out, overrides applied, read back equal to ``site_sae``; the committed files are what check_params
+    writes from the committed params.yaml."""
+    import dataclasses
     import subprocess
     import sys
 
     import yaml
 
     from conftest import ROOT, set_params
-    from sae_pipeline.config import SAEConfig, load_site_sae, site_sae
+    from sae_pipeline.config import SAEConfig, SITE_FILES, SITE_SAES, load_site_sae, site_sae
 
     params = tmp_path / "params.yaml"
     params.write_text((ROOT / "params.yaml").read_text())
@@ -151,45 +152,48 @@ def test_check_params_writes_each_sites_effective_sae_settings_and_the_stages_re
     subprocess.run([sys.executable, str(ROOT / "stages/check_params.py"), "--params", str(params), "--out",
                     str(tmp_path / "params.ok"), "--site-params", str(out)], check=True, cwd=tmp_path,
                    env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-    assert sorted(f.name for f in out.iterdir()) == ["a.yaml", "b.yaml"]
+    assert sorted(str(f.relative_to(out)) for f in out.rglob("*.yaml")) == [
+        "a/control_sae.yaml", "a/train_sae.yaml", "b/control_sae.yaml", "b/train_sae.yaml"]
     cfg = load_all(yaml.safe_load(params.read_text()))
-    keys = [f.name for f in __import__("dataclasses").fields(SAEConfig)]
+    keys = [f.name for f in dataclasses.fields(SAEConfig)]
+    read = {}
     for site in ("a", "b"):
-        raw = yaml.safe_load((out / f"{site}.yaml").read_text())
-        assert list(raw) == ["sae", "ceiling_sae", "floor_sae"] and all(list(v) == keys for v in raw.values())
-        for key, control in (("sae", ""), ("ceiling_sae", "ceiling"), ("floor_sae", "floor")):
-            assert load_site_sae(out / f"{site}.yaml", key) == site_sae(cfg, site, control)
-    a = yaml.safe_load((out / "a.yaml").read_text())
-    assert a["sae"]["tau"] == 0.1 and a["sae"]["epochs"] == 18 and a["sae"]["matryoshka"] == [8, 32]
-    assert a["ceiling_sae"]["epochs"] == 6 == a["floor_sae"]["epochs"] and a["floor_sae"]["lambda_init"] == 0.7
-    assert a["ceiling_sae"]["lambda_init"] == cfg["sae"].lambda_init
-    b = yaml.safe_load((out / "b.yaml").read_text())
-    assert b["sae"]["tau"] == 0.2 and b["floor_sae"]["epochs"] == 6
+        for stage, saes in SITE_FILES.items():
+            raw = yaml.safe_load((out / site / f"{stage}.yaml").read_text())
+            assert list(raw) == list(saes) and all(list(v) == keys for v in raw.values())
+            for key in saes:
+                read[site, key] = load_site_sae(out / site / f"{stage}.yaml", key)
+                assert read[site, key] == site_sae(cfg, site, SITE_SAES[key])
+    assert read["a", "sae"].tau == 0.1 and read["a", "sae"].epochs == 18 and read["a", "sae"].matryoshka == [8, 32]
+    assert read["a", "ceiling_sae"].epochs == 6 == read["a", "floor_sae"].epochs
+    assert read["a", "floor_sae"].lambda_init == 0.7 and read["a", "ceiling_sae"].lambda_init == cfg["sae"].lambda_init
+    assert read["b", "sae"].tau == 0.2 and read["b", "floor_sae"].epochs == 6
     # the committed files are check_params's output for the committed params
     committed = load_all(yaml.safe_load((ROOT / "params.yaml").read_text()))
     for site in committed["sites"]:
-        for key, control in (("sae", ""), ("ceiling_sae", "ceiling"), ("floor_sae", "floor")):
-            assert load_site_sae(ROOT / "data/site_params" / f"{site}.yaml", key) == site_sae(committed, site,
-                                                                                               control), site
+        for stage, saes in SITE_FILES.items():
+            for key in saes:
+                got = load_site_sae(ROOT / "data/site_params" / site / f"{stage}.yaml", key)
+                assert got == site_sae(committed, site, SITE_SAES[key]), (site, key)
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda raw: raw["sae"].pop("tau"), "sae.tau is missing"),
-    (lambda raw: raw["floor_sae"].update(tau=-1.0), "floor_sae section: sae.tau must be > 0 (got -1.0)"),
-    (lambda raw: raw.pop("ceiling_sae"), "it has no ceiling_sae section"),
+@pytest.mark.parametrize("stage,edit,message", [
+    ("train_sae", lambda raw: raw["sae"].pop("tau"), "sae.tau is missing"),
+    ("control_sae", lambda raw: raw["floor_sae"].update(tau=-1.0), "floor_sae section: sae.tau must be > 0 (got -1.0)"),
+    ("control_sae", lambda raw: raw.pop("ceiling_sae"), "it has no ceiling_sae section"),
 ])
-def test_a_damaged_site_params_file_is_one_line_naming_it_and_the_remedy(tmp_path, edit, message):
+def test_a_damaged_site_params_file_is_one_line_naming_it_and_the_remedy(tmp_path, stage, edit, message):
     import yaml
 
     from conftest import ROOT
-    from sae_pipeline.config import load_site_sae
+    from sae_pipeline.config import SITE_FILES, load_site_sae
 
-    raw = yaml.safe_load((ROOT / "data/site_params/mlp-hidden.yaml").read_text())
+    raw = yaml.safe_load((ROOT / "data/site_params/mlp-hidden" / f"{stage}.yaml").read_text())
     edit(raw)
-    path = tmp_path / "mlp-hidden.yaml"
+    path = tmp_path / f"{stage}.yaml"
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError) as e:
-        for key in ("sae", "ceiling_sae", "floor_sae"):
+        for key in SITE_FILES[stage]:
             load_site_sae(path, key)
     assert message in str(e.value) and "dvc repro check_params" in str(e.value) and "\n" not in str(e.value)
     assert e.value.source == path

@@ -526,18 +526,20 @@ def load_all(params: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-# The three SAEs of a site, by the key each has in the site's resolved params file (``site_params``): its own
-# (train_sae) and those of its ceiling and floor models (control_sae; "ceiling"/"floor" are controls.KINDS).
+# The three SAEs of a site, by the key each has in the site's resolved settings (``site_params``): its own and
+# those of its ceiling and floor models ("ceiling"/"floor" are controls.KINDS); and the file of each stage.
 SITE_SAES = {"sae": "", "ceiling_sae": "ceiling", "floor_sae": "floor"}
+SITE_FILES = {"train_sae": ("sae",), "control_sae": ("ceiling_sae", "floor_sae")}
 
 
-def site_params(cfg: dict[str, Any], site: str) -> dict[str, dict]:
-    """What check_params writes to ``data/site_params/<site>.yaml``: the site's effective settings of each of its
-    SAEs (``site_sae``), every key spelled out. train_sae and control_sae read their SAE settings from that file and
-    DVC tracks them there per key, so an edit reruns a site's SAE side only when it changes that site's effective
-    settings: ``-S sae.tau=...`` leaves a site that sets its own ``tau`` alone (DVC's params on ``params.yaml`` could
-    not say "sae.tau unless the site overrides it")."""
-    return {key: _plain(site_sae(cfg, site, control)) for key, control in SITE_SAES.items()}
+def site_params(cfg: dict[str, Any], site: str) -> dict[str, dict[str, dict]]:
+    """What check_params writes to ``data/site_params/<site>/<stage>.yaml``: for each of the site's SAE stages,
+    the effective settings of its SAEs (``site_sae``), every key spelled out. Each stage reads its file, and DVC
+    tracks the file as a dependency of that stage alone, so an edit reruns a site's SAE side only when it changes
+    that site's effective settings: ``-S sae.tau=...`` leaves a site that sets its own ``tau`` alone (DVC's params
+    on ``params.yaml`` could not say "sae.tau unless the site overrides it")."""
+    return {stage: {key: _plain(site_sae(cfg, site, SITE_SAES[key])) for key in keys}
+            for stage, keys in SITE_FILES.items()}
 
 
 def _plain(section: Section) -> dict[str, Any]:
@@ -546,7 +548,7 @@ def _plain(section: Section) -> dict[str, Any]:
 
 
 def load_site_sae(path: str | Path, key: str = "sae") -> "SAEConfig":
-    """One SAE's settings from a site's resolved params file (``site_params``), validated again."""
+    """One SAE's settings (``key``) from a site's resolved settings file (``site_params``), validated again."""
     remedy = "check_params writes it from params.yaml: run `dvc repro check_params`"
     try:
         with open(path) as f:
@@ -567,7 +569,7 @@ def load_site_sae(path: str | Path, key: str = "sae") -> "SAEConfig":
 
 
 def current_site_sae(cfg: dict[str, Any], path: str | Path, site: str, control: str = "") -> "SAEConfig":
-    """The settings a site's SAE stage trains with: read from its resolved file (what DVC tracked for the stage),
+    """The settings a site's SAE stage trains with: read from its resolved file (what DVC tracks for the stage),
     and checked equal to what ``params.yaml`` (``cfg``) gives now. They differ only when check_params has not run
     since an edit (a stage run alone, ``dvc repro -s``): then a one-line StageError, not a run on old settings."""
     key = next(k for k, c in SITE_SAES.items() if c == control)
