@@ -177,6 +177,29 @@ def test_check_params_writes_each_sites_effective_sae_settings_and_the_stages_re
                 assert got == site_sae(committed, site, SITE_SAES[key]), (site, key)
 
 
+def test_a_stage_refuses_settings_older_than_params_yaml(tmp_path):
+    """current_site_sae: the settings a site's SAE stage trains with are its file's, and only while they are what
+    params.yaml gives now (a stage run alone with `dvc repro -s` after an edit would otherwise train on old ones)."""
+    import yaml
+
+    from conftest import ROOT
+    from sae_pipeline.config import current_site_sae, site_sae
+    from sae_pipeline.runtime import StageError
+
+    cfg = load_all(_committed())
+    path = ROOT / "data/site_params/mlp-hidden/train_sae.yaml"
+    assert current_site_sae(cfg, path, "mlp-hidden") == site_sae(cfg, "mlp-hidden")
+    edited = load_all(_committed({"sae": {"tau": 0.15}}))
+    with pytest.raises(StageError) as e:
+        current_site_sae(edited, path, "mlp-hidden")
+    assert str(e.value).startswith(f"{path} (sae) is older than params.yaml") and "Run `dvc repro`" in str(e.value)
+    floor = ROOT / "data/site_params/cnn-fc/control_sae.yaml"
+    assert current_site_sae(cfg, floor, "cnn-fc", "floor").lambda_init == 0.5 != cfg["sae"].lambda_init
+    with pytest.raises(StageError):  # the floor's own override moved in params.yaml: its file is behind
+        current_site_sae(load_all(_committed({"sites": {"cnn-fc": {"model": "cnn", "site": "fc", "sae": {
+            "lambda_init": 0.0735}, "floor_sae": {"lambda_init": 0.6}}}})), floor, "cnn-fc", "floor")
+
+
 @pytest.mark.parametrize("stage,edit,message", [
     ("train_sae", lambda raw: raw["sae"].pop("tau"), "sae.tau is missing"),
     ("control_sae", lambda raw: raw["floor_sae"].update(tau=-1.0), "floor_sae section: sae.tau must be > 0 (got -1.0)"),
