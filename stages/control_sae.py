@@ -1,6 +1,6 @@
 """Stage control_sae (one per site): SAEs at the site of the floor and ceiling models (``controls``), by the
-site's recipe with ``controls.sae`` on top (check_params's ``data/site_params/<site>.yaml``; ``fit.fit_sae``, as
-train_sae), exported like the site's own.
+site's recipe with ``controls.sae`` on top (check_params's ``data/site_params/<site>/control_sae.yaml``;
+``fit.fit_sae``, as train_sae), exported like the site's own.
 With one site in all: empty outputs, no torch import (as control_base)."""
 import os
 
