@@ -238,8 +238,13 @@ def main():
     ap.add_argument("--head-targets", default="", metavar="STAGES", help="HEAD's commands on these stages and what "
                     "is upstream of them (e.g. analyze@mlp-hidden: what the README's MLP-only iteration, `make repro "
                     "ONLY='mlp-*'`, runs), against the reference's whole DAG")
-    ap.add_argument("--out", default=None, help="results file (default bench/results.json)")
+    ap.add_argument("--out", default=None, help="results file: a bare name goes in bench/, a path is taken as "
+                    "given (default bench/results.json, with --tests-only bench/results_tests.json)")
     args = ap.parse_args()
+    out_path = Path(args.out or ("results_tests.json" if args.tests_only else "results.json"))
+    out_path = ROOT / "bench" / out_path if len(out_path.parts) == 1 else out_path.resolve()
+    if not out_path.parent.is_dir():  # before the hour of runs, not after
+        ap.error(f"--out: no folder {out_path.parent}")
     if args.throughput:
         print(json.dumps(throughput()))
         return
@@ -249,7 +254,6 @@ def main():
                           f"{_cpu_model()}", "torch": torch.__version__,
                **side_by_side(args.ref, args.rounds, args.tests or args.tests_only, not args.tests_only,
                               args.head_only, args.head_targets)}
-    out_name = args.out or ("results_tests.json" if args.tests_only else "results.json")
     # In a fresh process, as every stage runs (measured inside a long-lived process that had driven DVC, the
     # same step ran ~25% slower; not explained).
     if not args.tests_only:
@@ -271,7 +275,7 @@ def main():
         tp = results["throughput"]
         print(f"SAE step: {tp['steps_per_s']} steps/s, ratio to the matmul reference {tp['ratio']:.3f} "
               f"(TopK {tp['topk']['ratio']:.3f})")
-    with open(ROOT / "bench" / out_name, "w") as fh:
+    with open(out_path, "w") as fh:
         json.dump(results, fh, indent=2)
         fh.write("\n")
 

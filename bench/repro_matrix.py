@@ -56,21 +56,58 @@ def get(d, dotted):
     return d
 
 
-# The contract is the MLP's (the one model of the releases before the zoo): its files, under the names they had
-# then, which bench/machines.json records.
+# The MLP's contract (the one model of the releases before the zoo): its files, under the names they had then,
+# which bench/machines.json's older entries record.
 WHERE = {"metrics/base.json": "metrics/models/mlp.json",
          "metrics/summary.json": "metrics/sites/mlp-hidden/summary.json",
          "metrics/interpretability.json": "metrics/sites/mlp-hidden/interpretability.json",
          "metrics/analysis.json": "metrics/sites/mlp-hidden/analysis.json"}
+# The zoo's contract: the same metrics for every model (test_acc) and site (its summary, interpretability and
+# analysis files), under their own paths, each held to the tolerance of its MLP counterpart above; and each pair of
+# sites' universality score U, which another machine's run must place inside this run's bootstrap 95% interval
+# (the interval the README states; a statistical tolerance, not one fitted to the drift).
+U_MEASURES = ("sae_hungarian_mean", "sae_mutual_share_0.5", "raw_hungarian_mean")
 
 
 def metrics_of(root: Path) -> dict:
     """The METRICS of a project folder's metrics/ files, as ``{"file:key": value}`` (a commit from before the zoo
-    has them at the old paths)."""
+    has them at the old paths), and, where there is a zoo, every model's and site's and every pair's U."""
     def load(f):
         new = root / WHERE[f]
         return json.loads((new if new.exists() else root / f).read_text())
-    return {f"{f}:{k}": get(load(f), k) for f, keys in METRICS.items() for k in keys}
+    out = {f"{f}:{k}": get(load(f), k) for f, keys in METRICS.items() for k in keys}
+    for path in sorted((root / "metrics/models").glob("*.json")):
+        out[f"metrics/models/{path.name}:test_acc"] = json.loads(path.read_text())["test_acc"]
+    for site in sorted(p.name for p in (root / "metrics/sites").glob("*") if p.is_dir()):
+        for f, keys in METRICS.items():
+            if f != "metrics/base.json":
+                d = json.loads((root / "metrics/sites" / site / Path(f).name).read_text())
+                out.update({f"metrics/sites/{site}/{Path(f).name}:{k}": get(d, k) for k in keys})
+    uni = root / "metrics/universality.json"
+    if uni.exists():
+        for pair, p in json.loads(uni.read_text())["pairs"].items():
+            for m in U_MEASURES:
+                score = p["universality_score"][m]
+                if score.get("U_ci95") and None not in score["U_ci95"]:  # no U where the ceiling is the floor
+                    key = f"metrics/universality.json:pairs.{pair}.universality_score.{m}"
+                    out[f"{key}.U"], out[f"{key}.U_ci95"] = score["U"], score["U_ci95"]
+    return out
+
+
+def rule(key: str) -> tuple[str, float] | None:
+    """The tolerance of a metric key: TOLERANCES' own, its MLP counterpart's for a zoo model or site, ("ci95", 0)
+    for a U, None for a key the contract does not hold (reported only)."""
+    if key in TOLERANCES:
+        return TOLERANCES[key]
+    f, k = key.split(":", 1)
+    parts = f.split("/")
+    if parts[:2] == ["metrics", "models"]:
+        return TOLERANCES.get(f"metrics/base.json:{k}")
+    if parts[:2] == ["metrics", "sites"]:
+        return TOLERANCES.get(f"metrics/{parts[-1]}:{k}")
+    if f == "metrics/universality.json" and k.endswith(".U"):
+        return ("ci95", 0.0)
+    return None
 
 
 def run_variant(name: str, env_extra: dict, work: Path, wheel: str) -> dict:
@@ -92,11 +129,19 @@ def run_variant(name: str, env_extra: dict, work: Path, wheel: str) -> dict:
 
 
 def outside(ref: dict, got: dict) -> list[str]:
-    """The metrics of ``got`` that moved from ``ref`` by more than TOLERANCES allows."""
+    """The metrics that both runs have and that moved from ``ref`` to ``got`` by more than their tolerance allows
+    (``rule``); a U outside ``ref``'s 95% interval."""
     bad = []
-    for key, (kind, tol) in TOLERANCES.items():
-        d = abs(got[key] - ref[key])
-        if d > (tol if kind == "abs" else tol * abs(ref[key])) + 1e-12:
+    for key in ref:
+        r = rule(key)
+        if r is None or key not in got:
+            continue
+        kind, tol = r
+        if kind == "ci95":
+            lo, hi = ref[key + "_ci95"]
+            if not lo - 1e-12 <= got[key] <= hi + 1e-12:
+                bad.append(key)
+        elif abs(got[key] - ref[key]) > (tol if kind == "abs" else tol * abs(ref[key])) + 1e-12:
             bad.append(key)
     return bad
 
@@ -117,13 +162,18 @@ def main():
     ap.add_argument("--out", default=str(ROOT / "bench/repro_matrix.json"))
     ap.add_argument("--record", metavar="NAME", help="only add this checkout's committed metrics to "
                     "bench/machines.json as machine NAME (run `make repro` on that machine first)")
+    ap.add_argument("--metrics-from", metavar="DIR", help="with --record: a folder holding another run's metrics/ "
+                    "(a `make repro` of this commit on that machine that is not committed); the entry says so")
     args = ap.parse_args()
     if args.record:
         path = ROOT / "bench/machines.json"
         book = json.loads(path.read_text())
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                              text=True).stdout.strip()
-        book["machines"][args.record] = {"rev": rev, "metrics": metrics_of(ROOT)}
+        entry = {"rev": rev, "metrics": metrics_of(Path(args.metrics_from) if args.metrics_from else ROOT)}
+        if args.metrics_from:
+            entry = {"rev": rev, "source": f"`make repro` of {rev} on that machine, not committed", **entry}
+        book["machines"][args.record] = entry
         path.write_text(json.dumps(book, indent=2) + "\n")
         print(f"recorded {args.record} ({rev}) in {path}")
         return
@@ -144,9 +194,10 @@ def main():
         entry = {"env": r["env"], "seconds": r["seconds"], "metrics": r["metrics"]}
         if ref and name != "ref":
             entry["changed_outputs"] = changed_outputs(ref["lock"], r["lock"])
-            entry["deviation"] = {k: round(v - ref["metrics"][k], 6) for k, v in r["metrics"].items()}
+            num = {k: v for k, v in r["metrics"].items() if not isinstance(v, list)}  # not the U intervals
+            entry["deviation"] = {k: round(v - ref["metrics"][k], 6) for k, v in num.items()}
             entry["relative_deviation"] = {k: round((v - ref["metrics"][k]) / abs(ref["metrics"][k]), 4)
-                                           for k, v in r["metrics"].items() if ref["metrics"][k]}
+                                           for k, v in num.items() if ref["metrics"][k]}
             entry["outside_tolerance"] = outside(ref["metrics"], r["metrics"])
         report["variants"][name] = entry
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

@@ -49,6 +49,12 @@ def stage_cmd(dest: Path, name: str) -> str:
     return re.sub(r"\$\{item\.(\w+)\}", lambda m: str(item[m.group(1)]), cmd)
 
 
+def experiments(dest: Path, env: dict) -> list[str]:
+    """The names of every experiment recorded in the project (`dvc exp show --json` nests them under their
+    baseline commit, so its top-level entries are not a count of them)."""
+    return run(["dvc", "exp", "list", "--all-commits", "--name-only"], dest, env).stdout.split()
+
+
 def test_repro_outputs_and_clean_status(tiny_project):
     dest, env = tiny_project
     assert json.loads(run(["dvc", "status", "--json"], dest, env).stdout) == {}
@@ -303,11 +309,40 @@ def test_exp_run_with_a_plus_key_records_no_experiment(tiny):
     stage refuses it, so no experiment that "ran nothing" is recorded."""
     dest, env = tiny
     before = snapshot(dest)
-    n_exps = len(json.loads(run(["dvc", "exp", "show", "--json"], dest, env).stdout))
+    exps = experiments(dest, env)
     proc = run(["dvc", "exp", "run", "-S", "+sae.tua=0.05"], dest, env, check=False)
     assert proc.returncode != 0 and "sae.tua is not a known key" in proc.stderr + proc.stdout
-    assert len(json.loads(run(["dvc", "exp", "show", "--json"], dest, env).stdout)) == n_exps
+    assert experiments(dest, env) == exps
     assert snapshot(dest) == before
+
+
+def test_an_experiment_on_a_subset_runs_in_a_clone_that_never_ran_the_rest(tiny_project, tmp_path):
+    """A clone that ran only the MLP (`make repro ONLY='mlp-*'`) has neither the outputs nor the cached listings
+    of the folders the rest of the DAG writes (plots/zoo, plots/universality, plots/shared); `dvc exp run` on the
+    subset then reruns the MLP's SAE side and records the experiment (DVC 3.67 failed here, after the stages had
+    run, while it listed dvc.yaml's plots: a plot defined as a folder made it load the folder's listing)."""
+    src, env = tiny_project
+    dest = tmp_path / "proj"
+    shutil.copytree(src, dest, symlinks=True, ignore=lambda d, names: ["tmp"] if Path(d) == src / ".dvc" else [])
+    lock = yaml.safe_load((dest / "dvc.lock").read_text())["stages"]
+    for stage in ("index", "universality", "shared_dictionary"):
+        for out in lock[stage]["outs"]:
+            if out["md5"].endswith(".dir"):
+                shutil.rmtree(dest / out["path"])
+                (dest / ".dvc/cache/files/md5" / out["md5"][:2] / out["md5"][2:]).unlink()
+    exps = experiments(dest, env)
+    ran = reran(run(["dvc", "exp", "run", "-S", "sae.tau=0.05", "-n", "subset", "analyze@mlp-hidden"], dest, env))
+    assert sorted(ran) == ["analyze@mlp-hidden", "check_params", "train_sae@mlp-hidden"], ran
+    assert json.loads((dest / "metrics/sites/mlp-hidden/summary.json").read_text())["tau"] == 0.05
+    assert sorted(experiments(dest, env)) == sorted([*exps, "subset"])
+
+
+def test_the_confusion_plot_lists_every_model():
+    """dvc.yaml's confusion plot names each model's file (see the comment there): one per model of params.yaml."""
+    plots = yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
+    [confusion] = [next(iter(p.values())) for p in plots if next(iter(p.values())).get("template") == "confusion"]
+    models = yaml.safe_load((ROOT / "params.yaml").read_text())["models"]
+    assert sorted(confusion["y"]) == sorted(f"plots/zoo/confusion/{m}.csv" for m in models)
 
 
 def test_corrupt_wheel_keeps_the_prepared_data(tiny, tmp_path):
@@ -446,7 +481,7 @@ def test_exp_run_metrics_diff_and_plots(tiny, tmp_path):
     run(["dvc", "plots", "show", "-o", str(out)], dest, env)
     page = (out / "index.html").read_text()
     for needle in ("SAE_L0", "SAE_FVU", "SAE_KL", "calibration_probes", "Base_model_training_loss",
-                   *(f"plots_zoo_confusion_{m}_csv" for m in MODELS)):
+                   "Base_model_confusion_matrix", *(f'"filename": "{m}.csv"' for m in MODELS)):
         assert needle in page, needle
     assert "<script src=" not in page and "cdn." not in page  # Vega is inlined: the page draws offline
     assert "ex_" not in page and "feature_0" not in page  # per-latent images stay in the browser, not here

@@ -35,3 +35,24 @@ def test_tolerance_check_flags_a_metric_outside():
     got = dict(ref)
     got["metrics/summary.json:fvu"] = 1.5  # +50%, over the 20% allowed
     assert repro_matrix.outside(ref, got) == ["metrics/summary.json:fvu"]
+
+
+def test_the_zoo_is_held_to_its_mlp_counterparts_tolerances_and_u_to_its_interval():
+    fvu, acc = "metrics/sites/cnn-pool/summary.json:fvu", "metrics/models/vit.json:test_acc"
+    u = "metrics/universality.json:pairs.mlp-hidden~cnn-fc.universality_score.sae_hungarian_mean.U"
+    ref = {fvu: 0.1, acc: 0.977, u: 0.69, u + "_ci95": [0.62, 0.76], "metrics/shared.json:n_live": 512}
+    inside = {fvu: 0.119, acc: 0.9789, u: 0.75, u + "_ci95": [0.7, 0.8], "metrics/shared.json:n_live": 100}
+    assert repro_matrix.outside(ref, inside) == []  # n_live has no rule: reported, not held
+    far = {fvu: 0.121, acc: 0.9749, u: 0.77, u + "_ci95": [0.7, 0.84]}
+    assert repro_matrix.outside(ref, far) == [fvu, acc, u]
+
+
+def test_every_site_and_pair_of_the_committed_run_is_in_the_contract():
+    """The zoo's keys reach the contract: each model's accuracy, each site's metrics, each cross-architecture U."""
+    now = repro_matrix.metrics_of(ROOT)
+    sites = {p.name for p in (ROOT / "metrics/sites").iterdir()}
+    for s in sites:
+        assert repro_matrix.rule(f"metrics/sites/{s}/summary.json:fvu") == repro_matrix.TOLERANCES[
+            "metrics/summary.json:fvu"] and f"metrics/sites/{s}/summary.json:fvu" in now
+    pairs = {k.split(":pairs.")[1].split(".")[0] for k in now if k.endswith("sae_hungarian_mean.U")}
+    assert len(pairs) == len(sites) * (len(sites) - 1) // 2
