@@ -64,8 +64,8 @@ WHERE = {"metrics/base.json": "metrics/models/mlp.json",
          "metrics/analysis.json": "metrics/sites/mlp-hidden/analysis.json"}
 # The zoo's contract: the same metrics for every model (test_acc) and site (its summary, interpretability and
 # analysis files), under their own paths, each held to the tolerance of its MLP counterpart above; and each pair of
-# sites' universality score U, which another machine's run must place inside this run's bootstrap 95% interval
-# (the interval the README states; a statistical tolerance, not one fitted to the drift).
+# sites' universality score U, which must lie inside the bootstrap 95% interval of the run it is compared with
+# (the interval the README states: a statistical tolerance, not one fitted to the drift between machines).
 U_MEASURES = ("sae_hungarian_mean", "sae_mutual_share_0.5", "raw_hungarian_mean")
 
 
