@@ -335,6 +335,15 @@ def test_an_experiment_on_a_subset_runs_in_a_clone_that_never_ran_the_rest(tiny_
     assert sorted(ran) == ["analyze@mlp-hidden", "check_params", "train_sae@mlp-hidden"], ran
     assert json.loads((dest / "metrics/sites/mlp-hidden/summary.json").read_text())["tau"] == 0.05
     assert sorted(experiments(dest, env)) == sorted([*exps, "subset"])
+    # `make reset` there: everything git tracks as committed (params, metrics, check_params's settings files in
+    # data/), the subset's outputs from the cache, the rest still absent (and said so by `dvc status` only)
+    shutil.copy(ROOT / "Makefile", dest / "Makefile")
+    run("git add Makefile && git commit -qm make", dest, env)
+    run(["make", "reset", f"VENV={Path(sys.executable).parent.parent}"], dest, env)
+    assert run("git status --porcelain", dest, env).stdout == ""
+    assert json.loads((dest / "metrics/sites/mlp-hidden/summary.json").read_text())["tau"] != 0.05
+    assert set(json.loads(run(["dvc", "status", "--json"], dest, env).stdout)) == {
+        "index", "universality", "shared_dictionary"}
 
 
 def test_the_confusion_plot_lists_every_model():
