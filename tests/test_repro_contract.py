@@ -48,7 +48,7 @@ def test_the_zoo_is_held_to_its_mlp_counterparts_tolerances_and_u_to_its_interva
 
 
 def test_every_site_and_pair_of_the_committed_run_is_in_the_contract():
-    """The zoo's keys reach the contract: each model's accuracy, each site's metrics, each cross-architecture U."""
+    """The zoo's keys reach the contract: each model's accuracy, each site's metrics, each pair's U."""
     now = repro_matrix.metrics_of(ROOT)
     sites = {p.name for p in (ROOT / "metrics/sites").iterdir()}
     for s in sites:
