@@ -34,9 +34,14 @@ RESET = "f=\"params.yaml dvc.lock metrics $(git ls-files -- data ':!:**/.gitigno
         "&& dvc checkout -f -q --allow-missing && git clean -fdq metrics plots"
 
 
+# DVC's usage analytics off: each DVC command would otherwise spawn a process that tries to send a report (no
+# network here) and leave its temp file in /tmp, during the timed runs of both commits
+ENV = {**os.environ, "TQDM_DISABLE": "1", "DVC_NO_ANALYTICS": "1"}
+
+
 def sh(cmd, cwd, check=True):
     proc = subprocess.run(cmd, cwd=cwd, shell=True, capture_output=True, text=True,
-                          env={**os.environ, "TQDM_DISABLE": "1"})
+                          env=ENV)
     if check and proc.returncode != 0:
         sys.exit(f"`{cmd}` failed in {cwd}:\n{(proc.stderr or proc.stdout)[-2000:]}")
     return proc
@@ -48,7 +53,7 @@ def timed(cmd, cwd, check=True):
     whole suite) is printed and its time kept; the third value says whether it passed."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "TQDM_DISABLE": "1"})
+                            env=ENV)
     marks, tail = [], []
     for line in proc.stdout:
         tail = (tail + [line])[-20:]
@@ -259,7 +264,7 @@ def main():
     # same step ran ~25% slower; not explained).
     if not args.tests_only:
         out = subprocess.run([sys.executable, __file__, "--throughput"], check=True, capture_output=True, text=True,
-                             env={**os.environ, "TQDM_DISABLE": "1"}).stdout
+                             env=ENV).stdout
         results["throughput"] = json.loads(out.strip().splitlines()[-1])
     print(f"{'':22s} {'HEAD':>9s} {args.ref:>9s} {'ratio':>7s}   (medians of {args.rounds} alternating rounds)")
     for key, v in results["summary"].items():
