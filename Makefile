@@ -49,14 +49,14 @@ exps: install
 baseline: install
 	dvc exp run --temp -n baseline-$$(hostname -s)
 
-# Undo a workspace `dvc exp run -S ...` (or any edit of params.yaml): params, dvc.lock, metrics, the outputs that
-# git tracks (check_params's, in data/) and DVC's outputs as committed; metrics and settings files an experiment
+# Undo a workspace `dvc exp run -S ...` (or any edit of params.yaml): params, dvc.lock, metrics, what git tracks in
+# data/ (check_params's outputs, DVC's .gitignore files) and DVC's outputs as committed; metrics and settings files an experiment
 # added (a new site's) are removed. The files are taken out of git's index first, so that git must write them: DVC
 # rewrites params.yaml within a second of writing git's index, and a value of the same length (sae.tau 0.2 -> 0.5)
 # then leaves size and times as git recorded them, so git believes the file unchanged and a plain `git checkout
 # params.yaml` skips it (seen with git 2.39 and DVC 3.67; the next `dvc exp run` then carries the stale value
 # along). --allow-missing: a clone that ran only a subset (ONLY=...) has no cache for the rest, which stays absent.
-RESET_GIT = params.yaml dvc.lock metrics $(shell git ls-files -- data ':!:**/.gitignore')
+RESET_GIT = params.yaml dvc.lock metrics $(shell git ls-files -- data)
 reset:
 	git rm -r -q --cached $(RESET_GIT)
 	git checkout HEAD -- $(RESET_GIT)

@@ -29,8 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 REF = "d9c4f9c"  # the previous release (issue 17's baseline)
 # `make reset`, also for a ref without it; --allow-missing: a --head-targets clone has only its subset's outputs
-# (the files git tracks in data/: check_params's settings, which a τ experiment rewrites)
-RESET = "f=\"params.yaml dvc.lock metrics $(git ls-files -- data ':!:**/.gitignore')\" && git rm -r -q --cached $f && git checkout HEAD -- $f " \
+# (and what git tracks in data/: check_params's settings, which a τ experiment rewrites)
+RESET = "f=\"params.yaml dvc.lock metrics $(git ls-files -- data)\" && git rm -r -q --cached $f && git checkout HEAD -- $f " \
         "&& dvc checkout -f -q --allow-missing && git clean -fdq metrics plots"
 
 

@@ -69,23 +69,30 @@ WHERE = {"metrics/base.json": "metrics/models/mlp.json",
 U_MEASURES = ("sae_hungarian_mean", "sae_mutual_share_0.5", "raw_hungarian_mean")
 
 
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:  # say which file is cut or damaged
+        raise ValueError(f"{path}: {e}") from None
+
+
 def metrics_of(root: Path) -> dict:
     """The METRICS of a project folder's metrics/ files, as ``{"file:key": value}`` (a commit from before the zoo
     has them at the old paths), and, where there is a zoo, every model's and site's and every pair's U."""
     def load(f):
         new = root / WHERE[f]
-        return json.loads((new if new.exists() else root / f).read_text())
+        return _read(new if new.exists() else root / f)
     out = {f"{f}:{k}": get(load(f), k) for f, keys in METRICS.items() for k in keys}
     for path in sorted((root / "metrics/models").glob("*.json")):
-        out[f"metrics/models/{path.name}:test_acc"] = json.loads(path.read_text())["test_acc"]
+        out[f"metrics/models/{path.name}:test_acc"] = _read(path)["test_acc"]
     for site in sorted(p.name for p in (root / "metrics/sites").glob("*") if p.is_dir()):
         for f, keys in METRICS.items():
             if f != "metrics/base.json":
-                d = json.loads((root / "metrics/sites" / site / Path(f).name).read_text())
+                d = _read(root / "metrics/sites" / site / Path(f).name)
                 out.update({f"metrics/sites/{site}/{Path(f).name}:{k}": get(d, k) for k in keys})
     uni = root / "metrics/universality.json"
     if uni.exists():
-        for pair, p in json.loads(uni.read_text())["pairs"].items():
+        for pair, p in _read(uni)["pairs"].items():
             for m in U_MEASURES:
                 score = p["universality_score"][m]
                 if score.get("U_ci95") and None not in score["U_ci95"]:  # no U where the ceiling is the floor
@@ -170,7 +177,13 @@ def main():
         book = json.loads(path.read_text())
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                              text=True).stdout.strip()
-        entry = {"rev": rev, "metrics": metrics_of(Path(args.metrics_from) if args.metrics_from else ROOT)}
+        folder = Path(args.metrics_from) if args.metrics_from else ROOT
+        try:
+            metrics = metrics_of(folder)
+        except (OSError, ValueError, KeyError, TypeError) as e:  # a missing, cut or incomplete metrics file
+            sys.exit(f"error: {folder} has no complete metrics/ of a full default run ({type(e).__name__}: {e}); "
+                     "nothing recorded")
+        entry = {"rev": rev, "metrics": metrics}
         if args.metrics_from:
             entry = {"rev": rev, "source": f"`make repro` of {rev} on that machine, not committed", **entry}
         book["machines"][args.record] = entry
